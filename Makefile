@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TINY_MODEL := models/tiny-qwen2-audio
+
+.PHONY: install test test-fast lint format demo model data bench clean
+
+$(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# Everything except the tests that run real ms-swift training/inference.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+model: $(STAMP)
+	$(PY) -m safe_qaq.tiny_model --out $(TINY_MODEL)
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+clean:
+	rm -rf outputs models data/prepared

@@ -1,0 +1,1 @@
+"""SAFE-QAQ support package: answer parsing, data preparation, sampling, evaluation, tiny model."""
