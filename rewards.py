@@ -1,0 +1,405 @@
+"""SAFE-QAQ reward functions: an ms-swift 4.x reward plugin.
+
+Use with ``swift rlhf --rlhf_type grpo --external_plugins rewards.py --reward_funcs NAME ...``.
+ms-swift builds each class as ``cls(args=GRPOConfig)`` and calls it with ``completions``,
+``messages`` and every extra dataset column as keyword lists.  These rewards read:
+
+=========================  ==========================================  ================================
+name                       what it scores                              dataset columns
+=========================  ==========================================  ================================
+prompt_format              tags + answer-JSON schema, max 1.0          answers, task (optional)
+adaptive_classification    label vs gold, +5 / 0 / -3                  answers, conversation_stage, task
+stage_classification       real-time stage vs gold, +5 / 0 / -3        conversation_stage
+think_length_reward_200    think-length bonus up to 5 (T=200)          --
+think_length_reward_300    think-length bonus up to 5 (T=300)          --
+think_length_penalty_200   LCRL length penalty (S=200, M=5)            --
+think_length_penalty_300   LCRL length penalty (S=300, M=5)            --
+think_length_penalty_500   LCRL length penalty (S=500, M=7)            --
+=========================  ==========================================  ================================
+
+``answers`` is the gold label (a scene, ``fraud``/``normal`` or a fraud type);
+``conversation_stage`` the gold stage (missing = ``complete``); ``task`` is optional
+(``scene``/``fraud``/``fraud_type``) since the three label sets are disjoint.  A batch may
+mix tasks and stages: every sample is scored against its own row.
+
+Rewards never raise inside the trainer.  A sample that cannot be scored (an unknown gold
+label, a column of the wrong length, any unexpected error) gets the reward's ``floor`` and a
+warning; every completion of that prompt gets the same floor, so GRPO's group-relative
+advantage is zero and the row teaches nothing rather than crashing the run.
+
+All rewards read completions through :func:`safe_qaq.answer.parse_answer`, which is cached:
+the rewards of one step parse each completion once.
+
+Per-sample logging: set ``SAFE_QAQ_REWARD_LOG=/path/rewards.jsonl`` and every reward call
+appends one JSON line per sample (main process only; constant cost per call).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO, Any, ClassVar
+
+from prompt import COMPLETE, STAGES, TASKS
+from safe_qaq.answer import MISSING, ParsedAnswer, Verdict, judge, parse_answer, resolve_stage, resolve_task
+from swift.rewards import ORM, orms
+
+logger = logging.getLogger("safe_qaq.rewards")
+
+ACCURACY_POINTS: dict[Verdict, float] = {
+    Verdict.CORRECT: 5.0,
+    Verdict.NULL_EARLY: 5.0,
+    Verdict.INVALID: -3.0,
+    Verdict.WRONG: 0.0,
+    Verdict.NULL: 0.0,
+    Verdict.ABSENT: 0.0,
+    Verdict.NO_ANSWER: 0.0,
+}
+LOG_ENV = "SAFE_QAQ_REWARD_LOG"
+
+
+# ---------------------------------------------------------------------------
+# Pure scoring functions (one sample each)
+# ---------------------------------------------------------------------------
+
+
+def format_score(parsed: ParsedAnswer, task: str) -> float:
+    """``+0.5`` tags in order, ``+0.5`` more for a valid answer JSON, ``-0.001`` per trailing char.
+
+    score = 0                                   without ``<think>…</think>\\s*<answer>…</answer>``
+          = 0.5 + 0.5·[JSON valid for task] − 0.001·n   otherwise,
+    n = length of the stripped text after the last ``</answer>``.
+
+    >>> format_score(parse_answer('<think>a</think><answer>{"scene": "外卖服务", "reason": "r", "confidence": 1}</answer>'), "scene")
+    1.0
+    >>> round(format_score(parse_answer('<think>a</think><answer>{"scene": 3}</answer> xyz'), "scene"), 3)
+    0.497
+    """
+    if not parsed.tags_ok:
+        return 0.0
+    score = 0.5 if parsed.schema_error(task) else 1.0
+    return score - 0.001 * parsed.trailing_chars
+
+
+def accuracy_score(parsed: ParsedAnswer, task: str, gold: str, gold_stage: str = COMPLETE) -> float:
+    """``+5`` correct (or explicit ``null`` at ``early_stage``), ``-3`` invalid label, else ``0``.
+
+    >>> accuracy_score(parse_answer('<answer>{"is_fraud": true}</answer>'), "fraud", "fraud")
+    5.0
+    >>> accuracy_score(parse_answer('<answer>{"is_fraud": "yes"}</answer>'), "fraud", "fraud")
+    -3.0
+    >>> accuracy_score(parse_answer('<answer>{"is_fraud": null}</answer>'), "fraud", "fraud", "early_stage")
+    5.0
+    """
+    return ACCURACY_POINTS[judge(parsed, task, gold, gold_stage)]
+
+
+def stage_score(parsed: ParsedAnswer, gold_stage: str) -> float:
+    """Real-time stage reward.
+
+    score = 0   no answer JSON
+          = −3  ``conversation_stage`` present, non-null and not a stage
+          = −3  gold or predicted stage is ``complete`` and no label field has a non-null value
+          = +5  predicted stage == gold stage
+          = 0   otherwise
+
+    >>> stage_score(parse_answer('<answer>{"conversation_stage": "early_stage", "is_fraud": null}</answer>'), "early_stage")
+    5.0
+    >>> stage_score(parse_answer('<answer>{"conversation_stage": "complete", "is_fraud": null}</answer>'), "complete")
+    -3.0
+    """
+    if parsed.obj is None:
+        return 0.0
+    predicted = parsed.stage()
+    if predicted is not MISSING and predicted is not None and predicted not in STAGES:
+        return -3.0
+    has_label = any(parsed.label(task) is not None and parsed.label(task) is not MISSING for task in TASKS)
+    if (gold_stage == COMPLETE or predicted == COMPLETE) and not has_label:
+        return -3.0
+    return 5.0 if predicted == gold_stage else 0.0
+
+
+def think_length_bonus(parsed: ParsedAnswer, target: int) -> float:
+    """Reward for thinking at all, saturating at ``target`` estimated tokens (used without SFT).
+
+    score = 0                                  no think block, or t = 0
+          = max(0.5, 5·ln(t+1)/ln(T+1))        0 < t ≤ T
+          = 5                                  t > T
+
+    >>> think_length_bonus(parse_answer("<think>" + "诈" * 200 + "</think>"), 200)
+    5.0
+    """
+    t = parsed.think_tokens
+    if parsed.think is None or t <= 0:
+        return 0.0
+    if t > target:
+        return 5.0
+    return max(0.5, 5.0 * math.log(t + 1) / math.log(target + 1))
+
+
+def think_length_penalty(parsed: ParsedAnswer, start: int, cap: float) -> float:
+    """LCRL penalty for thinking longer than ``start`` estimated tokens.
+
+    score = 0                                              no think block, or t ≤ S
+          = −clamp(M·ln(t−S+10)/ln(1000), 0.1·M, M)        t > S
+    (a jump to ≈ −M/3 just past S, reaching −M at t = S + 990).
+
+    >>> round(think_length_penalty(parse_answer("<think>" + "诈" * 201 + "</think>"), 200, 5), 3)
+    -1.736
+    """
+    t = parsed.think_tokens
+    if parsed.think is None or t <= start:
+        return 0.0
+    return -min(max(cap * math.log(t - start + 10) / math.log(1000), 0.1 * cap), cap)
+
+
+# ---------------------------------------------------------------------------
+# Per-sample JSONL log (opt-in, append-only, main process only)
+# ---------------------------------------------------------------------------
+
+
+class RewardLog:
+    """Appends one JSON line per scored sample; the file is opened once, never re-read."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> RewardLog:
+        path = os.environ.get(LOG_ENV) or None
+        is_main = os.environ.get("RANK", "0") == "0"
+        return cls(path if is_main else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if self.path is None or not records:
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with self._lock:
+            if self._file is None:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open on purpose
+            self._file.write(text)
+            self._file.flush()
+
+
+_LOG: RewardLog | None = None
+
+
+def _reward_log() -> RewardLog:
+    global _LOG
+    if _LOG is None:
+        _LOG = RewardLog.from_env()
+    return _LOG
+
+
+# ---------------------------------------------------------------------------
+# ms-swift reward classes
+# ---------------------------------------------------------------------------
+
+
+def _column(values: Any, n: int, name: str) -> list[Any]:
+    """A dataset column as a list of length n (absent -> Nones; wrong length -> error markers)."""
+    if values is None:
+        return [None] * n
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        values = [values] * n
+    if len(values) != n:
+        return [_BadColumn(f"column {name!r} has {len(values)} values for {n} completions")] * n
+    return list(values)
+
+
+class _BadColumn:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):  # a chat message
+        return str(completion.get("content") or "")
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content") or "")
+    return "" if completion is None else str(completion)
+
+
+class SafeQaqReward(ORM):
+    """Shared driver: per-sample scoring against each row's own gold, never raising."""
+
+    name: ClassVar[str]
+    floor: ClassVar[float]  # the score of a sample that cannot be scored
+    needs_gold: ClassVar[bool] = True
+
+    def __init__(self, args: Any = None, **kwargs: Any):
+        super().__init__(args)
+        self._warned: set[str] = set()
+
+    def score(self, parsed: ParsedAnswer, task: str | None, gold: str | None, stage: str) -> float:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        completions: Sequence[Any],
+        answers: Any = None,
+        conversation_stage: Any = None,
+        task: Any = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        try:
+            n = len(completions)
+        except TypeError:
+            self._warn("completions is not a list")
+            return []
+        golds = _column(answers, n, "answers")
+        stages = _column(conversation_stage, n, "conversation_stage")
+        tasks = _column(task, n, "task")
+        log = _reward_log()
+        scores: list[float] = []
+        records: list[dict[str, Any]] = []
+        for i in range(n):
+            text = ""
+            try:
+                text = _completion_text(completions[i])
+                row_task, gold, stage = self._gold(golds[i], stages[i], tasks[i])
+                value = float(self.score(parse_answer(text), row_task, gold, stage))
+                if not math.isfinite(value):
+                    raise ValueError(f"non-finite score {value}")
+            except Exception as exc:  # a reward must never take the trainer down
+                self._warn(f"{type(exc).__name__}: {exc}")
+                value = self.floor
+            scores.append(value)
+            if log.enabled:
+                records.append(self._record(i, text, golds[i], stages[i], value, kwargs.get("trainer_state")))
+        log.write(records)
+        return scores
+
+    def _gold(self, gold: Any, stage: Any, task: Any) -> tuple[str | None, str | None, str]:
+        for value in (gold, stage, task):
+            if isinstance(value, _BadColumn):
+                raise ValueError(value.reason)
+        if not self.needs_gold:
+            return None, None, COMPLETE
+        return resolve_task(gold, task), gold, resolve_stage(stage)
+
+    def _record(self, i: int, text: str, gold: Any, stage: Any, value: float, state: Any) -> dict[str, Any]:
+        return {
+            "time": round(time.time(), 3),
+            "step": getattr(state, "global_step", None),
+            "reward": self.name,
+            "index": i,
+            "answers": gold if isinstance(gold, (str, type(None))) else str(gold),
+            "conversation_stage": stage if isinstance(stage, (str, type(None))) else str(stage),
+            "score": value,
+            "completion": text,
+        }
+
+    def _warn(self, reason: str) -> None:
+        if reason not in self._warned and len(self._warned) < 100:
+            self._warned.add(reason)
+            logger.warning("%s: sample scored %s (floor): %s", self.name, self.floor, reason)
+
+
+class PromptFormat(SafeQaqReward):
+    """``prompt_format``: see :func:`format_score`. Range: at most 1.0 (0.5 − 0.001·n with trailing text)."""
+
+    name = "prompt_format"
+    floor = 0.0
+
+    def score(self, parsed, task, gold, stage):
+        return format_score(parsed, task)
+
+
+class AdaptiveClassification(SafeQaqReward):
+    """``adaptive_classification``: see :func:`accuracy_score`. Range: {−3, 0, 5}."""
+
+    name = "adaptive_classification"
+    floor = -3.0
+
+    def score(self, parsed, task, gold, stage):
+        return accuracy_score(parsed, task, gold, stage)
+
+
+class StageClassification(SafeQaqReward):
+    """``stage_classification``: see :func:`stage_score`. Range: {−3, 0, 5}."""
+
+    name = "stage_classification"
+    floor = -3.0
+
+    def _gold(self, gold, stage, task):
+        if isinstance(stage, _BadColumn):
+            raise ValueError(stage.reason)
+        return None, None, resolve_stage(stage)  # only the stage matters here
+
+    def score(self, parsed, task, gold, stage):
+        return stage_score(parsed, stage)
+
+
+class ThinkLengthReward(SafeQaqReward):
+    """Think-length bonus: see :func:`think_length_bonus`. Range: {0} ∪ [0.5, 5]."""
+
+    target: ClassVar[int]
+    floor = 0.0
+    needs_gold = False
+
+    def score(self, parsed, task, gold, stage):
+        return think_length_bonus(parsed, self.target)
+
+
+class ThinkLengthReward200(ThinkLengthReward):
+    name, target = "think_length_reward_200", 200
+
+
+class ThinkLengthReward300(ThinkLengthReward):
+    name, target = "think_length_reward_300", 300
+
+
+class ThinkLengthPenalty(SafeQaqReward):
+    """LCRL length penalty: see :func:`think_length_penalty`. Range: {0} ∪ [−M, −0.1·M]."""
+
+    start: ClassVar[int]
+    cap: ClassVar[float]
+    needs_gold = False
+
+    def score(self, parsed, task, gold, stage):
+        return think_length_penalty(parsed, self.start, self.cap)
+
+
+class ThinkLengthPenalty200(ThinkLengthPenalty):
+    name, start, cap, floor = "think_length_penalty_200", 200, 5.0, -5.0
+
+
+class ThinkLengthPenalty300(ThinkLengthPenalty):
+    name, start, cap, floor = "think_length_penalty_300", 300, 5.0, -5.0
+
+
+class ThinkLengthPenalty500(ThinkLengthPenalty):
+    name, start, cap, floor = "think_length_penalty_500", 500, 7.0, -7.0
+
+
+#: The one registry of reward names (the names the stage scripts pass to ``--reward_funcs``).
+REWARDS: dict[str, type[SafeQaqReward]] = {
+    cls.name: cls
+    for cls in (
+        PromptFormat,
+        AdaptiveClassification,
+        StageClassification,
+        ThinkLengthReward200,
+        ThinkLengthReward300,
+        ThinkLengthPenalty200,
+        ThinkLengthPenalty300,
+        ThinkLengthPenalty500,
+    )
+}
+
+orms.update(REWARDS)

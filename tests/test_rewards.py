@@ -1,0 +1,475 @@
+"""The reward plugin (rewards.py): every formula at its boundaries, mixed batches, robustness."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import prompt
+import rewards
+from rewards import REWARDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(name):
+    return REWARDS[name](args=None)
+
+
+def answer(obj, think="分析", after="", fence=False):
+    body = json.dumps(obj, ensure_ascii=False) if not isinstance(obj, str) else obj
+    if fence:
+        body = f"```json\n{body}\n```"
+    return f"<think>{think}</think><answer>{body}</answer>{after}"
+
+
+def score(name, completion, answers, stage=None, task=None):
+    kwargs = {"answers": [answers], "conversation_stage": [stage]}
+    if task is not None:
+        kwargs["task"] = [task]
+    return make(name)([completion], **kwargs)[0]
+
+
+def think_of(t):
+    """A think text whose length estimate is exactly t (one CJK char = 1)."""
+    return "诈" * t
+
+
+SCENE_OK = {"scene": "外卖服务", "reason": "骑手确认地址", "confidence": 0.9}
+FRAUD_OK = {"is_fraud": True, "reason": "冒充警察要求转账", "confidence": 0.95}
+TYPE_OK = {"fraud_type": "投资诈骗", "reason": "高回报理财", "confidence": 0.8}
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+EXPECTED_NAMES = {
+    "prompt_format",
+    "adaptive_classification",
+    "stage_classification",
+    "think_length_reward_200",
+    "think_length_reward_300",
+    "think_length_penalty_200",
+    "think_length_penalty_300",
+    "think_length_penalty_500",
+}
+
+
+def test_registry_has_exactly_the_recipe_names():
+    assert set(REWARDS) == EXPECTED_NAMES
+    assert len({cls.__name__ for cls in REWARDS.values()}) == len(REWARDS)  # distinct log columns
+
+
+def test_every_name_resolves_through_swift_orms():
+    from swift.rewards import orms
+
+    for name in EXPECTED_NAMES:
+        func = orms[name](args=None)
+        assert isinstance(func(["x"], answers=["fraud"]), list)
+
+
+def test_plugin_loads_through_ms_swift_external_plugin_loader():
+    """What ``--external_plugins rewards.py`` does: import by file path, then build by name."""
+    from swift.rewards import orms
+    from swift.utils.utils import import_external_file
+
+    saved = dict(orms)
+    try:
+        for name in EXPECTED_NAMES:
+            orms.pop(name, None)
+        module = import_external_file(str(ROOT / "rewards.py"))
+        assert module.REWARDS.keys() == EXPECTED_NAMES
+        for name in EXPECTED_NAMES:
+            func = orms[name](args=None)
+            assert func([answer(FRAUD_OK)], answers=["fraud"], conversation_stage=["complete"])
+    finally:
+        orms.clear()
+        orms.update(saved)
+
+
+def _script_reward_names():
+    names = {}
+    for script in sorted(ROOT.glob("*.sh")):
+        text = script.read_text()
+        for match in re.finditer(r"--reward_funcs\s+((?:[\w$\"{}-]+\s*)+)", text):
+            names[script.name] = match.group(1).split()
+        for match in re.finditer(r"REWARD_FUNCS[\w]*=\"?\$\{\w+:-([\w ]+)\}\"?", text):
+            names.setdefault(script.name, []).extend(match.group(1).split())
+    return names
+
+
+def test_every_stage_script_reward_name_is_registered():
+    found = _script_reward_names()
+    grpo_scripts = {"run_swift_grpo_stage1.sh", "run_swift_grpo_stage2_LCRL.sh", "run_swift_grpo_stage3.sh"}
+    assert grpo_scripts <= set(found), f"reward names not found in {grpo_scripts - set(found)}"
+    for script, names in found.items():
+        literal = [n for n in names if not n.startswith(("$", '"$'))]
+        assert literal, f"{script}: no literal reward names"
+        for name in literal:
+            assert name in REWARDS, f"{script} asks for unregistered reward {name!r}"
+
+
+# --- prompt_format ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        (answer(SCENE_OK), "外卖服务", 1.0),
+        (answer(SCENE_OK, fence=True), "外卖服务", 1.0),
+        (answer(FRAUD_OK), "normal", 1.0),  # format does not care about correctness
+        (answer(TYPE_OK), "投资诈骗", 1.0),
+        (answer({**SCENE_OK, "confidence": 0}), "外卖服务", 1.0),
+        (answer({**SCENE_OK, "confidence": 1}), "外卖服务", 1.0),
+        (answer({**SCENE_OK, "confidence": 1.01}), "外卖服务", 0.5),
+        (answer({**SCENE_OK, "confidence": True}), "外卖服务", 0.5),
+        (answer({**FRAUD_OK, "is_fraud": "true"}), "fraud", 0.5),
+        (answer({**SCENE_OK, "scene": None}), "外卖服务", 0.5),  # null needs the real-time schema
+        (answer({**SCENE_OK, "scene": None, "conversation_stage": "early_stage"}), "外卖服务", 1.0),
+        (answer({"reason": "r", "confidence": 1}), "外卖服务", 0.5),  # label key absent
+        (answer("not json"), "外卖服务", 0.5),
+        (answer(FRAUD_OK), "外卖服务", 0.5),  # the scene task's key is missing
+        ("<answer>" + json.dumps(SCENE_OK) + "</answer>", "外卖服务", 0.0),  # no think
+        ("<think>x</think>" + json.dumps(SCENE_OK), "外卖服务", 0.0),  # no answer tags
+        ("", "外卖服务", 0.0),
+    ],
+)
+def test_format_score(completion, gold, expected):
+    assert score("prompt_format", completion, gold) == pytest.approx(expected)
+
+
+def test_offline_answer_does_not_need_conversation_stage():
+    # The reference demanded conversation_stage even offline; an offline answer must reach 1.0.
+    assert "conversation_stage" not in SCENE_OK
+    assert score("prompt_format", answer(SCENE_OK), "外卖服务", "complete") == 1.0
+
+
+def test_format_trailing_text_penalty():
+    assert score("prompt_format", answer(SCENE_OK, after="  \n "), "外卖服务") == 1.0
+    assert score("prompt_format", answer(SCENE_OK, after="abc"), "外卖服务") == pytest.approx(0.997)
+    assert score("prompt_format", answer(SCENE_OK, after="x" * 1000), "外卖服务") == pytest.approx(0.0)
+    # no penalty when the tags did not match
+    assert score("prompt_format", "<answer>{}</answer>" + "x" * 50, "外卖服务") == 0.0
+
+
+def test_format_uses_explicit_task_column():
+    # the fraud task's key decides validity, whatever other label keys are present
+    assert score("prompt_format", answer(SCENE_OK), "fraud", task="fraud") == 0.5
+    assert score("prompt_format", answer({**SCENE_OK, "is_fraud": True}), "fraud", task="fraud") == 1.0
+
+
+# --- adaptive_classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "gold", "stage", "expected"),
+    [
+        (SCENE_OK, "外卖服务", "complete", 5.0),
+        (SCENE_OK, "打车服务", "complete", 0.0),
+        ({"scene": "火星服务"}, "外卖服务", "complete", -3.0),
+        ({"scene": 3}, "外卖服务", "complete", -3.0),
+        ({"scene": ["外卖服务"]}, "外卖服务", "complete", -3.0),
+        (FRAUD_OK, "fraud", "complete", 5.0),
+        (FRAUD_OK, "normal", "complete", 0.0),
+        ({"is_fraud": False}, "normal", "complete", 5.0),
+        ({"is_fraud": "yes"}, "fraud", "complete", -3.0),
+        ({"is_fraud": "true"}, "fraud", "complete", -3.0),
+        ({"is_fraud": 1}, "fraud", "complete", -3.0),
+        (TYPE_OK, "投资诈骗", "complete", 5.0),
+        ({"fraud_type": "钓鱼诈骗"}, "投资诈骗", "complete", 0.0),
+        ({"fraud_type": "外卖服务"}, "投资诈骗", "complete", -3.0),
+        # explicit null vs absent key, by stage
+        ({"is_fraud": None}, "fraud", "early_stage", 5.0),
+        ({"is_fraud": None}, "fraud", "late_stage", 0.0),
+        ({"is_fraud": None}, "fraud", "complete", 0.0),
+        ({"reason": "x"}, "fraud", "early_stage", 0.0),
+        ({"reason": "x"}, "fraud", "complete", 0.0),
+        # an early-stage answer that already commits to the right label is also correct
+        ({"is_fraud": True}, "fraud", "early_stage", 5.0),
+    ],
+)
+def test_accuracy(obj, gold, stage, expected):
+    assert score("adaptive_classification", answer(obj), gold, stage) == expected
+
+
+def test_accuracy_without_answer_json_is_zero():
+    assert score("adaptive_classification", "<think>是诈骗 true</think>", "fraud") == 0.0
+    assert score("adaptive_classification", "<answer>is_fraud: true</answer>", "fraud") == 0.0
+
+
+def test_accuracy_does_not_need_think_tags():
+    # direct prompts answer without thinking; correctness is read from the answer JSON alone
+    assert score("adaptive_classification", "<answer>" + json.dumps(FRAUD_OK) + "</answer>", "fraud") == 5.0
+
+
+# --- stage_classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "gold", "expected"),
+    [
+        ({"conversation_stage": "early_stage", "is_fraud": None}, "early_stage", 5.0),
+        ({"conversation_stage": "late_stage", "is_fraud": True}, "late_stage", 5.0),
+        ({"conversation_stage": "complete", "is_fraud": False}, "complete", 5.0),
+        ({"conversation_stage": "late_stage", "is_fraud": True}, "early_stage", 0.0),
+        ({"conversation_stage": "middle", "is_fraud": True}, "early_stage", -3.0),
+        ({"conversation_stage": 3, "is_fraud": True}, "early_stage", -3.0),
+        ({"conversation_stage": None, "is_fraud": True}, "early_stage", 0.0),
+        ({"is_fraud": True}, "early_stage", 0.0),  # stage absent
+        # complete with no committed label: -3, whichever side says complete
+        ({"conversation_stage": "complete", "is_fraud": None}, "complete", -3.0),
+        ({"conversation_stage": "complete", "reason": "x"}, "late_stage", -3.0),
+        ({"conversation_stage": "late_stage", "scene": None}, "complete", -3.0),
+        ({"is_fraud": None}, "complete", -3.0),
+        # any one task's label counts as committed
+        ({"conversation_stage": "complete", "scene": "外卖服务", "is_fraud": None}, "complete", 5.0),
+        ({"conversation_stage": "complete", "is_fraud": False}, "late_stage", 0.0),
+    ],
+)
+def test_stage(obj, gold, expected):
+    assert score("stage_classification", answer(obj), "fraud", gold) == expected
+
+
+def test_stage_without_answer_json_is_zero():
+    assert score("stage_classification", "<think>x</think>", "fraud", "complete") == 0.0
+
+
+def test_stage_missing_column_means_complete():
+    obj = {"conversation_stage": "complete", "is_fraud": True}
+    assert make("stage_classification")([answer(obj)], answers=["fraud"])[0] == 5.0
+
+
+# --- think length reward / penalty ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [200, 300])
+def test_think_length_reward_boundaries(target):
+    name = f"think_length_reward_{target}"
+
+    def at(t):
+        return score(name, answer(SCENE_OK, think=think_of(t)), "外卖服务")
+
+    assert at(0) == 0.0
+    assert score(name, "no think at all", "外卖服务") == 0.0
+    assert at(1) == pytest.approx(5 * math.log(2) / math.log(target + 1))
+    # t = 0.25 (one full-width letter): 5·ln(1.25)/ln(T+1) < 0.5, so the 0.5 floor applies
+    assert score(name, answer(SCENE_OK, think="ａ"), "外卖服务") == 0.5
+    assert at(target // 2) == pytest.approx(5 * math.log(target // 2 + 1) / math.log(target + 1))
+    assert at(target) == pytest.approx(5.0)
+    assert at(target + 1) == 5.0
+    assert at(10 * target) == 5.0
+
+
+def test_think_length_reward_reads_only_the_think_block():
+    long_answer = {**SCENE_OK, "reason": "诈" * 500}
+    expected = 5 * math.log(2) / math.log(201)  # t = 1 from the single think character
+    assert score("think_length_reward_200", answer(long_answer, think="短"), "外卖服务") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("start", "cap"), [(200, 5.0), (300, 5.0), (500, 7.0)])
+def test_think_length_penalty_boundaries(start, cap):
+    name = f"think_length_penalty_{start}"
+
+    def at(t):
+        return score(name, answer(SCENE_OK, think=think_of(t)), "外卖服务")
+
+    assert at(0) == 0.0
+    assert at(start) == 0.0
+    assert at(start + 1) == pytest.approx(-cap * math.log(11) / math.log(1000))
+    assert at(start + 1) == pytest.approx(-cap * 0.347, abs=0.01)  # the published jump to about -M/3
+    assert at(start + 990) == pytest.approx(-cap)
+    assert at(start + 5000) == -cap
+    assert score(name, "<answer>{}</answer>", "外卖服务") == 0.0
+
+
+def test_penalty_is_monotone_in_length():
+    values = [score("think_length_penalty_200", answer(SCENE_OK, think=think_of(t)), "fraud") for t in range(0, 1400, 7)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+# --- batches --------------------------------------------------------------------------------------------
+
+
+def test_mixed_task_mixed_stage_batch_scores_each_row_against_its_own_gold():
+    completions = [
+        answer(SCENE_OK),  # scene, correct
+        answer({"conversation_stage": "early_stage", "is_fraud": None, "reason": "r", "confidence": 0.2}),
+        answer(TYPE_OK),  # fraud type, wrong
+        answer({"conversation_stage": "late_stage", "is_fraud": False, "reason": "r", "confidence": 0.9}),
+        "garbage",
+        answer({"conversation_stage": "complete", "is_fraud": True, "reason": "r", "confidence": 0.9}),
+    ]
+    answers = ["外卖服务", "fraud", "钓鱼诈骗", "normal", "fraud", "fraud"]
+    stages = ["complete", "early_stage", "complete", "late_stage", "late_stage", "complete"]
+    kwargs = {"answers": answers, "conversation_stage": stages, "messages": [[]] * 6}
+    assert make("adaptive_classification")(completions, **kwargs) == [5.0, 5.0, 0.0, 5.0, 0.0, 5.0]
+    assert make("prompt_format")(completions, **kwargs) == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert make("stage_classification")(completions, **kwargs) == [0.0, 5.0, 0.0, 5.0, 0.0, 5.0]
+    # permuting the batch permutes the scores: no cross-row leakage
+    order = [5, 3, 1, 4, 0, 2]
+    permuted = {k: [v[i] for i in order] for k, v in kwargs.items()}
+    expected = [[5.0, 5.0, 0.0, 5.0, 0.0, 5.0][i] for i in order]
+    assert make("adaptive_classification")([completions[i] for i in order], **permuted) == expected
+
+
+def test_task_column_mixed_with_missing_values():
+    completions = [answer(FRAUD_OK), answer(SCENE_OK)]
+    out = make("adaptive_classification")(completions, answers=["fraud", "外卖服务"], task=["fraud", None])
+    assert out == [5.0, 5.0]
+
+
+def test_extra_columns_and_trainer_state_are_ignored():
+    out = make("prompt_format")([answer(SCENE_OK)], answers=["外卖服务"], call_id=["c1"], trainer_state=object())
+    assert out == [1.0]
+
+
+def test_chat_message_completions_are_accepted():
+    out = make("adaptive_classification")([{"role": "assistant", "content": answer(FRAUD_OK)}], answers=["fraud"])
+    assert out == [5.0]
+
+
+# --- never raises; floors ----------------------------------------------------------------------------------
+
+
+def test_unscoreable_rows_get_the_floor_without_raising(caplog):
+    completions = [answer(FRAUD_OK)] * 3
+    bad = {"answers": ["fraud", "unknown-label", None], "conversation_stage": ["complete", "complete", "middle"]}
+    for name, cls in REWARDS.items():
+        out = make(name)(completions, **bad)
+        assert len(out) == 3
+        if cls.needs_gold and name != "stage_classification":
+            assert out[1] == cls.floor and out[2] == cls.floor
+    assert make("stage_classification")(completions, **bad)[2] == rewards.StageClassification.floor
+    assert "floor" in caplog.text
+
+
+def test_column_of_wrong_length_floors_every_row():
+    out = make("adaptive_classification")([answer(FRAUD_OK)] * 3, answers=["fraud"] * 2)
+    assert out == [-3.0, -3.0, -3.0]
+
+
+def test_task_inconsistent_with_gold_is_unscoreable():
+    assert score("adaptive_classification", answer(FRAUD_OK), "fraud", task="scene") == -3.0
+
+
+def test_non_string_completions_do_not_raise():
+    for name in REWARDS:
+        out = make(name)([None, 3, ["x"], b"bytes"], answers=["fraud"] * 4)
+        assert len(out) == 4 and all(math.isfinite(x) for x in out)
+
+
+RANGES = {
+    "adaptive_classification": {-3.0, 0.0, 5.0},
+    "stage_classification": {-3.0, 0.0, 5.0},
+}
+
+tag_soup = st.lists(
+    st.sampled_from(
+        [
+            "<think>",
+            "</think>",
+            "<answer>",
+            "</answer>",
+            "```json",
+            "```",
+            "{",
+            "}",
+            '"is_fraud": true',
+            '"scene": "外卖服务"',
+            '"conversation_stage": "complete"',
+            '"reason": "r"',
+            '"confidence": 0.5',
+            "null",
+            ",",
+            " ",
+            "\n",
+            "诈骗",
+            "abc",
+        ]
+    )
+    | st.text(max_size=20),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=tag_soup,
+    gold=st.sampled_from([*prompt.SCENES, *prompt.FRAUD_LABELS, *prompt.FRAUD_TYPES]),
+    stage=st.sampled_from(prompt.STAGES),
+)
+def test_any_text_gives_a_finite_score_in_range(text, gold, stage):
+    for name, cls in REWARDS.items():
+        value = make(name)([text], answers=[gold], conversation_stage=[stage])[0]
+        assert math.isfinite(value)
+        if name in RANGES:
+            assert value in RANGES[name]
+        elif name == "prompt_format":
+            assert value <= 1.0
+            assert value == 0.0 or value >= 0.5 - 0.001 * len(text)
+        elif name.startswith("think_length_reward"):
+            assert value == 0.0 or 0.5 <= value <= 5.0
+        else:
+            assert value == 0.0 or -cls.cap <= value <= -0.1 * cls.cap
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    obj=st.fixed_dictionaries(
+        {"is_fraud": st.one_of(st.booleans(), st.none(), st.text(max_size=5))},
+        optional={"reason": st.text(max_size=10), "confidence": st.floats(allow_nan=True)},
+    ),
+    think=st.text(max_size=30),
+    suffix=st.text(max_size=60),
+)
+def test_adding_text_after_answer_never_raises_the_format_score(obj, think, suffix):
+    base = f"<think>{think.replace('<', '')}</think><answer>{json.dumps(obj)}</answer>"
+    before = make("prompt_format")([base], answers=["fraud"])[0]
+    after = make("prompt_format")([base + suffix], answers=["fraud"])[0]
+    assert after <= before
+
+
+# --- logging ----------------------------------------------------------------------------------------------
+
+
+def test_reward_log_is_off_by_default_and_appends_when_asked(tmp_path, monkeypatch):
+    log_path = tmp_path / "logs" / "rewards.jsonl"
+    monkeypatch.setattr(rewards, "_LOG", None)
+    monkeypatch.delenv(rewards.LOG_ENV, raising=False)
+    make("prompt_format")([answer(SCENE_OK)], answers=["外卖服务"])
+    assert not log_path.exists()
+
+    monkeypatch.setattr(rewards, "_LOG", None)
+    monkeypatch.setenv(rewards.LOG_ENV, str(log_path))
+    make("prompt_format")([answer(SCENE_OK), "x"], answers=["外卖服务"] * 2)
+    make("adaptive_classification")([answer(SCENE_OK)], answers=["外卖服务"])
+    lines = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
+    assert [(r["reward"], r["score"]) for r in lines] == [
+        ("prompt_format", 1.0),
+        ("prompt_format", 0.0),
+        ("adaptive_classification", 5.0),
+    ]
+    assert lines[0]["completion"] == answer(SCENE_OK)
+    rewards._LOG._file.close()
+    monkeypatch.setattr(rewards, "_LOG", None)
+
+
+def test_reward_log_only_on_main_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(rewards.LOG_ENV, str(tmp_path / "r.jsonl"))
+    monkeypatch.setenv("RANK", "1")
+    assert not rewards.RewardLog.from_env().enabled
+    monkeypatch.setenv("RANK", "0")
+    assert rewards.RewardLog.from_env().enabled
+
+
+def test_docstring_examples():
+    import doctest
+
+    import safe_qaq.answer
+
+    for module in (rewards, safe_qaq.answer, prompt):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
