@@ -1,0 +1,181 @@
+"""Rejection sampling, step 2: keep, per prompt, the shortest correct completion (one streaming pass).
+
+    python -m safe_qaq.process_samples outputs/samples/samples.jsonl [more shards ...] \\
+        --output outputs/samples/rsft.jsonl --unsolved outputs/samples/unsolved.jsonl
+
+"Correct" is :attr:`safe_qaq.answer.Verdict.is_correct` -- the very notion the
+``adaptive_classification`` reward pays +5 for -- read by the shared parser.  By default a kept
+completion must also have its tags in order (``<think>…</think><answer>…</answer>``), so RSFT
+never teaches a broken format; ``--allow-malformed`` drops that requirement.
+"Shortest" is the think-length estimate ``t`` the length rewards use, then the completion's
+character length, then the earliest sample.
+
+Outputs: an ms-swift SFT jsonl (the prompt's messages + the chosen completion as the final
+assistant turn, ``audios`` and the gold columns) and a file of prompts with no correct
+completion (the prompt row, unchanged).  Memory does not grow with the number of
+completions: the input is read once, group by group (``sample.py`` writes each prompt's
+completions together); only the set of seen (prompt_index, prompt_id) pairs is kept, to catch
+overlapping shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safe_qaq.answer import GoldError, judge, parse_answer, resolve_stage, resolve_task
+from safe_qaq.jsonl import dumps, iter_jsonl
+
+SAMPLE_COLUMNS = ("prompt_index", "prompt_id", "sample_index", "completion")
+
+
+@dataclass
+class TaskStats:
+    prompts: int = 0
+    solved: int = 0
+    completions: int = 0
+    correct: int = 0
+    think_all: float = 0.0  # sum of think lengths over all completions
+    think_kept: float = 0.0  # sum over the kept ones
+
+    def row(self, task: str) -> str:
+        mean_all = self.think_all / self.completions if self.completions else 0.0
+        mean_kept = self.think_kept / self.solved if self.solved else 0.0
+        return (
+            f"| {task} | {self.prompts} | {self.solved} | {self.prompts - self.solved} | "
+            f"{self.correct}/{self.completions} | {mean_all:.1f} | {mean_kept:.1f} |"
+        )
+
+
+@dataclass
+class Report:
+    tasks: dict[str, TaskStats] = field(default_factory=lambda: defaultdict(TaskStats))
+    lines: int = 0
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        header = (
+            "| task | prompts | kept | unsolved | correct/completions | mean think t (all) | mean think t (kept) |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+        total = TaskStats()
+        for stats in self.tasks.values():
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+        rows = [self.tasks[task].row(task) for task in sorted(self.tasks)] + [total.row("all")]
+        return "\n".join([header, *rows])
+
+
+def _key(record: dict[str, Any]) -> tuple[Any, Any]:
+    # The position tells duplicated prompts apart; the content hash tells different inputs apart.
+    return record["prompt_index"], record["prompt_id"]
+
+
+def _groups(paths: list[str]) -> Iterator[tuple[str, int, list[tuple[int, dict[str, Any]]]]]:
+    """Yield (file, first line, records) per prompt group; groups are contiguous runs of one prompt_id."""
+    for path in paths:
+        current: list[tuple[int, dict[str, Any]]] = []
+        for number, record in iter_jsonl(path):
+            missing = [c for c in SAMPLE_COLUMNS if c not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: not a sample.py line (missing {', '.join(missing)})")
+            if current and _key(record) != _key(current[0][1]):
+                yield path, current[0][0], current
+                current = []
+            current.append((number, record))
+        if current:
+            yield path, current[0][0], current
+
+
+def _select(group: list[tuple[int, dict[str, Any]]], task: str, stage: str, require_format: bool, stats: TaskStats):
+    """The chosen record of a group (or None), updating the task's statistics."""
+    gold = group[0][1]["answers"]
+    best, best_key = None, None
+    for number, record in group:
+        parsed = parse_answer(record["completion"] if isinstance(record["completion"], str) else "")
+        stats.completions += 1
+        stats.think_all += parsed.think_tokens
+        if not judge(parsed, task, gold, stage).is_correct:
+            continue
+        stats.correct += 1
+        if require_format and not parsed.tags_ok:
+            continue
+        key = (parsed.think_tokens, len(record["completion"]), record["sample_index"], number)
+        if best_key is None or key < best_key:
+            best, best_key = record, key
+    stats.prompts += 1
+    if best is not None:
+        stats.solved += 1
+        stats.think_kept += best_key[0]
+    return best
+
+
+def _prompt_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in SAMPLE_COLUMNS}
+
+
+def process(paths: list[str], output: str, unsolved: str, *, require_format: bool = True) -> Report:
+    report = Report()
+    seen: set[tuple[Any, Any]] = set()
+    start = time.perf_counter()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(unsolved).parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as kept, open(unsolved, "w", encoding="utf-8") as missed:
+        for path, line, group in _groups(paths):
+            key = _key(group[0][1])
+            where = f"{path}:{line}"
+            if key in seen:
+                raise ValueError(f"{where}: prompt {key} appears in two places (overlapping shards or a rerun?)")
+            seen.add(key)
+            report.lines += len(group)
+            first = group[0][1]
+            try:
+                task = resolve_task(first.get("answers"), first.get("task"))
+                stage = resolve_stage(first.get("conversation_stage"))
+            except GoldError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            chosen = _select(group, task, stage, require_format, report.tasks[task])
+            if chosen is None:
+                missed.write(dumps(_prompt_row(first)))
+                continue
+            row = _prompt_row(chosen)
+            row["messages"] = [*chosen["messages"], {"role": "assistant", "content": chosen["completion"]}]
+            kept.write(dumps(row))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Keep the shortest correct completion per prompt.")
+    parser.add_argument("samples", nargs="+", help="sample.py output file(s)")
+    parser.add_argument("--output", required=True, help="ms-swift SFT jsonl of kept completions")
+    parser.add_argument("--unsolved", required=True, help="prompts with no correct completion")
+    parser.add_argument(
+        "--allow-malformed", action="store_true", help="keep correct completions even without <think>/<answer> tags"
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = process(args.samples, args.output, args.unsolved, require_format=not args.allow_malformed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    rate = report.lines / report.seconds if report.seconds else float("inf")
+    print(f"{report.lines} completions in {report.seconds:.1f} s ({rate:,.0f}/s); peak RSS {peak_rss_mb():.0f} MB")
+    print(f"kept -> {args.output}\nunsolved -> {args.unsolved}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
