@@ -1,0 +1,118 @@
+"""Pictures: training curves from an ms-swift logging.jsonl, confusion matrices, live plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prompt import FRAUD, FRAUD_TYPES, NORMAL
+from safe_qaq import plots
+from safe_qaq.metrics import sample_from_label, task_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def grpo_log_lines(steps: int = 4) -> list[str]:
+    """What ms-swift 4.6's GRPO trainer appends to logging.jsonl (key names from grpo_trainer.py / patcher.py)."""
+    lines = []
+    for step in range(1, steps + 1):
+        rec = {
+            "loss": 0.1 / step,
+            "grad_norm": 1.0,
+            "learning_rate": 3e-5,
+            "completions/mean_length": 300.0 - step,
+            "completions/min_length": 100.0,
+            "completions/max_length": 512.0,
+            "completions/clipped_ratio": 0.0,
+            "rewards/PromptFormat/mean": 0.5 + 0.1 * step,
+            "rewards/PromptFormat/std": 0.1,
+            "rewards/AdaptiveClassification/mean": float(step),
+            "rewards/AdaptiveClassification/std": 0.5,
+            "reward": 1.5 + step,
+            "reward_std": 0.3,
+            "frac_reward_zero_std": 0.0,
+            "kl": 0.01 * step,
+            "epoch": step / steps,
+            "global_step/max_steps": f"{step}/{steps}",
+            "percentage": "25.00%",
+            "elapsed_time": "1s",
+            "remaining_time": "3s",
+        }
+        lines.append(json.dumps(rec))
+    # the summary line written at the end of training, and a line cut short by a kill
+    lines.append(json.dumps({"last_model_checkpoint": "x", "best_model_checkpoint": None, "log_history": []}))
+    lines.append('{"loss": 0.1, "global_st')
+    return lines
+
+
+def test_read_logging_jsonl_skips_summary_and_truncated(tmp_path):
+    log = tmp_path / "logging.jsonl"
+    log.write_text("\n".join(grpo_log_lines(3)) + "\n")
+    records = plots.read_logging_jsonl(log)
+    assert [r["step"] for r in records] == [1, 2, 3]
+
+
+def test_curve_panels_follow_the_keys_present():
+    keys = json.loads(grpo_log_lines(1)[0]).keys()
+    panels = dict(plots.curve_panels(list(keys)))
+    assert panels["loss"] == ["loss"]
+    assert panels["kl"] == ["kl"]
+    assert panels["reward"] == ["reward"]
+    assert panels["reward: PromptFormat"] == ["rewards/PromptFormat/mean"]
+    assert panels["reward: AdaptiveClassification"] == ["rewards/AdaptiveClassification/mean"]
+    assert panels["completion length"] == [
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+    ]
+    assert panels["completions/clipped_ratio"] == ["completions/clipped_ratio"]
+    flat = [k for ks in panels.values() for k in ks]
+    assert not any(k.endswith("/std") and k.startswith("rewards/") for k in flat)  # std is a band, not a line
+    # an unknown reward name in a future ms-swift still gets its own panel
+    assert "reward: NewThing" in dict(plots.curve_panels(["rewards/NewThing/mean", "loss"]))
+
+
+def test_curves_cli_writes_png_beside_each_log(tmp_path):
+    run = tmp_path / "run"
+    (run / "v0-20260101").mkdir(parents=True)
+    (run / "v0-20260101" / "logging.jsonl").write_text("\n".join(grpo_log_lines()) + "\n")
+    assert plots.main(["curves", str(run)]) == 0
+    png = run / "v0-20260101" / "curves.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert plots.main(["curves", str(tmp_path / "nothing")]) == 1
+
+
+def test_curves_for_an_sft_log(tmp_path):
+    log = tmp_path / "logging.jsonl"
+    recs = [{"loss": 2.0 / s, "token_acc": 0.1 * s, "global_step/max_steps": f"{s}/3"} for s in (1, 2, 3)]
+    log.write_text("\n".join(json.dumps(r) for r in recs))
+    out = plots.curves_png(log, tmp_path / "c.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    log.write_text(json.dumps({"global_step/max_steps": "1/1", "memory(GiB)": 1.0}))
+    with pytest.raises(ValueError):
+        plots.curves_png(log, tmp_path / "d.png")
+
+
+def test_confusion_png_with_chinese_labels(tmp_path):
+    pairs = [(FRAUD_TYPES[0], FRAUD_TYPES[0]), (FRAUD_TYPES[1], FRAUD_TYPES[0]), (FRAUD_TYPES[1], None)]
+    m = task_metrics([sample_from_label("fraud_type", g, p) for g, p in pairs])
+    out = plots.confusion_png(m, tmp_path / "cm.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_live_pngs(tmp_path):
+    steps = [
+        {"round": 1, "end_s": 2.0, "stage": "early_stage", "label": None, "confidence": 0.3, "decided": False},
+        {"round": 2, "end_s": 4.0, "stage": "late_stage", "label": FRAUD, "confidence": 0.9, "decided": True},
+    ]
+    result = {"call_id": "c", "task": "fraud", "duration_s": 6.0, "steps": steps}
+    result |= {"decision_time_s": 4.0, "decision_label": FRAUD, "alarm": True}
+    assert plots.timeline_png(result, tmp_path / "t.png", threshold=0.8).read_bytes().startswith(PNG_MAGIC)
+    rows = [
+        {"fraction": f, "decided_rate": f, "accuracy": f, "fraud_recall": f, "false_alarm_rate": 0.0} for f in (0.5, 1)
+    ]
+    curve = plots.live_curve_png({"task": "fraud", "n_calls": 2, "by_fraction": rows}, tmp_path / "l.png")
+    assert curve.read_bytes().startswith(PNG_MAGIC)
+    assert NORMAL  # the colour table knows both fraud labels
+    assert set(plots._LABEL_COLOURS) >= {FRAUD, NORMAL, None}
