@@ -1,0 +1,568 @@
+"""Live-call inference: decide on a call while it is still going (SPEC §4).
+
+The call is fed to the model as growing prefixes -- at each turn end when the turn times
+are known, else every ``--hop`` seconds -- with the real-time prompt.  A prefix whose
+answer carries a label (not ``null``) with ``confidence >= --threshold`` is the decision;
+a fraud decision raises the alarm.  A ``null``, or a label below the threshold, means
+"feed more audio".  A call heard to the end without such an answer stays undecided.
+
+By default each prefix is asked the way the real-time data asks it: the rounds before the
+target task (scene, then fraud, ...) come first and their answers are carried in the
+conversation (``--no-history`` asks the target task alone).
+
+One call::
+
+    python -m safe_qaq.live call --model MODEL [--adapters CKPT] --audio call.wav [--plot timeline.png]
+    python -m safe_qaq.live call --model MODEL --calls data/calls/metadata.jsonl --call-id ID
+
+A test set (decision time, rounds, decision accuracy / F1, fraud recall and false-alarm
+rate by fraction of the call heard)::
+
+    python -m safe_qaq.live eval --model MODEL --calls data/prepared/calls_test.jsonl --out outputs/live
+
+``--backend openai --base-url URL`` sends the requests to ``swift deploy`` / ``vllm serve``.
+Prefixes are cut from the audio (16 kHz mono), split into chunks of at most ``--chunk-s``
+seconds (Qwen2-Audio's feature extractor keeps 30 s per audio) as data preparation splits
+them, and cached as FLAC files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prompt import FRAUD, NORMAL, TASKS, build_messages
+from safe_qaq.answer import parse_answer
+from safe_qaq.audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, cached_ok, chunk_bounds, decode, ms_to_samples, write_flac
+from safe_qaq.floor import call_gold, load_calls
+from safe_qaq.metrics import sample_from_label, task_metrics
+from safe_qaq.prepare import turn_boundaries_ms
+
+DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+
+
+# ---------------------------------------------------------------------------
+# Audio prefixes
+# ---------------------------------------------------------------------------
+
+
+class PrefixCutter:
+    """Cuts ``[0, end)`` of a call into chunks of at most ``chunk_s`` under ``cache_dir``.
+
+    Chunks are cut the way data preparation cuts them (:func:`safe_qaq.audio.chunk_bounds`,
+    preferring pauses between turns), and named by their bounds: every prefix of a call
+    shares its leading chunks, which are written once and reused across runs.
+    """
+
+    def __init__(self, cache_dir: str | Path, chunk_s: float = MAX_AUDIO_SECONDS):
+        if chunk_s <= 0:
+            raise ValueError("chunk_s must be positive")
+        self.cache_dir = Path(cache_dir)
+        self.chunk_ms = round(chunk_s * 1000)
+        self._audio: dict[str, np.ndarray] = {}
+
+    def audio(self, path: str | Path) -> np.ndarray:
+        key = str(Path(path).resolve())
+        if key not in self._audio:
+            if len(self._audio) >= 64:  # a test set is walked in lockstep; keep memory bounded
+                self._audio.pop(next(iter(self._audio)))
+            self._audio[key] = decode(path)
+        return self._audio[key]
+
+    def duration(self, path: str | Path) -> float:
+        return len(self.audio(path)) / SAMPLE_RATE
+
+    def prefix(self, path: str | Path, end_s: float, split_points_s: Sequence[float] = ()) -> list[str]:
+        wav = self.audio(path)
+        end_ms = max(1, min(round(end_s * 1000), len(wav) * 1000 // SAMPLE_RATE))
+        points = [round(p * 1000) for p in split_points_s]
+        src = Path(path)
+        tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
+        paths = []
+        for start, stop in chunk_bounds(end_ms, points, chunk_ms=self.chunk_ms):
+            out = self.cache_dir / f"{src.stem}-{tag}-{start:07d}-{stop:07d}ms.flac"
+            lo, hi = ms_to_samples(start), ms_to_samples(stop)
+            if not cached_ok(out, hi - lo):
+                write_flac(out, wav[lo:hi])
+            paths.append(str(out))
+        return paths
+
+
+def turn_boundaries(turns: Sequence[dict] | None, duration_s: float) -> list[float]:
+    """Cut points between turns (the middle of each pause): where data preparation cuts prefixes and chunks."""
+    timed = [t for t in turns or () if all(isinstance(t.get(k), (int, float)) for k in ("start", "end"))]
+    timed.sort(key=lambda t: t["start"])
+    return [ms / 1000 for ms in turn_boundaries_ms(timed, round(duration_s * 1000))]
+
+
+def prefix_ends(duration_s: float, *, hop_s: float = 5.0, turns: Sequence[dict] | None = None) -> list[float]:
+    """Where the prefixes end; always the whole call last.
+
+    With ``turns``: after each turn, in the pause before the next one (as the real-time
+    training rows are cut); otherwise every ``hop_s`` seconds.
+    """
+    if duration_s <= 0:
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    if turns:
+        ends = turn_boundaries(turns, duration_s)
+    else:
+        if hop_s <= 0:
+            raise ValueError(f"hop must be positive, got {hop_s}")
+        ends = [hop_s * k for k in range(1, math.ceil(duration_s / hop_s))]
+    ends = [e for e in ends if 0 < e < duration_s - 1e-3]
+    return [*sorted({round(e, 3) for e in ends}), round(duration_s, 3)]
+
+
+# ---------------------------------------------------------------------------
+# The decision loop
+# ---------------------------------------------------------------------------
+
+
+def confidence_of(parsed) -> float | None:
+    """The answer's confidence when it is a finite number (booleans are not numbers here)."""
+    value = parsed.obj.get("confidence") if parsed.obj is not None else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_step(text: str, task: str, threshold: float) -> dict:
+    """What one real-time answer says: stage, label (None for null/unusable), confidence, decided."""
+    parsed = parse_answer(text)
+    label = parsed.prediction(task)
+    confidence = confidence_of(parsed)
+    stage = parsed.stage()
+    decided = label is not None and (threshold <= 0 or (confidence is not None and confidence >= threshold))
+    return {
+        "stage": stage if isinstance(stage, str) else None,
+        "label": label,
+        "confidence": confidence,
+        "decided": decided,
+        "format_error": parsed.schema_error(task),
+    }
+
+
+def is_alarm(task: str, label: str | None) -> bool:
+    """A decision that should alert the user: fraud, or any fraud type."""
+    return label is not None and (label == FRAUD if task == "fraud" else task == "fraud_type")
+
+
+@dataclass
+class LiveCall:
+    """One call to walk through: audio, optional turn times (for turn-end prefixes) and gold label."""
+
+    call_id: str
+    audio: str
+    turns: list[dict] | None = None
+    gold: str | None = None
+
+
+@dataclass
+class _State:
+    call: LiveCall
+    ends: list[float]
+    duration: float
+    splits: list[float] = field(default_factory=list)
+    next: int = 0
+    steps: list[dict] = field(default_factory=list)
+    done: bool = False
+
+
+def _chain(task: str, history: bool) -> tuple[str, ...]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return TASKS[: TASKS.index(task) + 1] if history else (task,)
+
+
+def _result(state: _State, task: str, threshold: float) -> dict:
+    decision = next((s for s in state.steps if s["decided"]), None)
+    label = decision["label"] if decision else None
+    gold = state.call.gold
+    return {
+        "call_id": state.call.call_id,
+        "audio": state.call.audio,
+        "task": task,
+        "gold": gold,
+        "duration_s": round(state.duration, 3),
+        "threshold": threshold,
+        "prefix_ends": state.ends,
+        "decided": decision is not None,
+        "decision_label": label,
+        "decision_confidence": decision["confidence"] if decision else None,
+        "decision_time_s": decision["end_s"] if decision else None,
+        "decision_round": decision["round"] if decision else None,
+        "rounds_used": len(state.steps),
+        "alarm": is_alarm(task, label),
+        "correct": None if gold is None else label == gold,
+        "steps": state.steps,
+    }
+
+
+def run_live(
+    engine,
+    calls: Sequence[LiveCall],
+    *,
+    task: str = "fraud",
+    threshold: float = 0.8,
+    hop_s: float = 5.0,
+    use_turns: bool = True,
+    history: bool = True,
+    max_rounds: int | None = None,
+    cache_dir: str | Path = "outputs/live_cache",
+    chunk_s: float = MAX_AUDIO_SECONDS,
+    batch_size: int = 8,
+    max_tokens: int = 1024,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Walk every call through its prefixes until it is decided or heard to the end.
+
+    Calls advance in lockstep -- round k of every undecided call goes to the engine as one
+    batch -- so a vLLM engine or a deployment stays busy.  Returns one result per call
+    (``_result``), in input order; ``on_result`` sees each as soon as its call finishes.
+    """
+    from tqdm import tqdm
+
+    chain = _chain(task, history)
+    cutter = PrefixCutter(cache_dir, chunk_s)
+    states = []
+    for call in calls:
+        duration = cutter.duration(call.audio)
+        states.append(
+            _State(call, prefix_ends(duration, hop_s=hop_s, turns=call.turns if use_turns else None), duration)
+        )
+    bar = tqdm(total=len(states), desc="live", unit="call", disable=not progress)
+    active = list(states)
+    while active:
+        audios = [cutter.prefix(s.call.audio, s.ends[s.next], s.splits) for s in active]
+        carried: list[list[tuple[str, str]]] = [[] for _ in active]
+        latency = [0.0] * len(active)
+        for round_task in chain:
+            requests = [
+                {
+                    "messages": build_messages(round_task, mode="realtime", n_audios=len(a), history=h),
+                    "audios": a,
+                }
+                for a, h in zip(audios, carried, strict=True)
+            ]
+            for lo in range(0, len(requests), batch_size):
+                start = time.perf_counter()
+                outs = engine.generate(
+                    requests[lo : lo + batch_size], n=1, temperature=temperature, max_tokens=max_tokens, seed=seed
+                )
+                elapsed = time.perf_counter() - start
+                for i, texts in enumerate(outs, start=lo):
+                    carried[i].append((round_task, texts[0] if texts else ""))
+                    latency[i] += elapsed
+        for state, answers, lat in zip(active, carried, latency, strict=True):
+            text = answers[-1][1]
+            step = {"round": state.next + 1, "end_s": state.ends[state.next], **read_step(text, task, threshold)}
+            step["latency_s"] = round(lat, 4)
+            step["text"] = text
+            if len(answers) > 1:
+                step["history"] = [{"task": t, "text": x} for t, x in answers[:-1]]
+            state.steps.append(step)
+            last = state.next + 1 >= len(state.ends) or (max_rounds is not None and len(state.steps) >= max_rounds)
+            if step["decided"] or last:
+                state.done = True
+                if on_result:
+                    on_result(_result(state, task, threshold))
+                bar.update(1)
+            else:
+                state.next += 1
+        active = [s for s in active if not s.done]
+    bar.close()
+    return [_result(s, task, threshold) for s in states]
+
+
+# ---------------------------------------------------------------------------
+# Test-set metrics
+# ---------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def live_metrics(results: Sequence[dict], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict:
+    """Decision time, rounds, decision accuracy/F1, and what is decided by each fraction of the call heard.
+
+    Undecided calls count as wrong and raise no alarm.  ``by_fraction[f]``: a call counts
+    when its decision came after at most ``f`` of its audio (decision time / duration).
+    """
+    if not results:
+        raise ValueError("no live results")
+    task = results[0]["task"]
+    decided = [r for r in results if r["decided"]]
+    times = [r["decision_time_s"] for r in decided]
+    heard = {id(r): r["decision_time_s"] / r["duration_s"] for r in decided if r["duration_s"]}
+    gold_known = [r for r in results if r["gold"] is not None]
+    out: dict = {
+        "task": task,
+        "n_calls": len(results),
+        "threshold": results[0].get("threshold"),
+        "decided_rate": len(decided) / len(results),
+        "decision_time_s": {"mean": _mean(times), "median": float(np.median(times)) if times else None},
+        "decision_fraction_mean": _mean(list(heard.values())),
+        "rounds_used_mean": _mean([r["rounds_used"] for r in results]),
+        "rounds_to_decision_mean": _mean([r["decision_round"] for r in decided]),
+    }
+    if gold_known:
+        out["accuracy"] = _mean([bool(r["correct"]) for r in gold_known])
+        decided_known = [r for r in gold_known if r["decided"]]
+        out["accuracy_decided"] = _mean([bool(r["correct"]) for r in decided_known])
+        decision = task_metrics([sample_from_label(task, r["gold"], r["decision_label"]) for r in gold_known])
+        out["decision"] = decision
+        out["weighted_f1"] = decision["weighted_f1"]
+    frauds = [r for r in gold_known if r["gold"] == FRAUD] if task == "fraud" else []
+    normals = [r for r in gold_known if r["gold"] == NORMAL] if task == "fraud" else []
+
+    def by(rs: Sequence[dict], f: float, want: Callable[[dict], bool]) -> float | None:
+        hits = [r["decided"] and heard.get(id(r), math.inf) <= f + 1e-9 and want(r) for r in rs]
+        return _mean(hits)
+
+    rows = []
+    for f in fractions:
+        row = {"fraction": f, "decided_rate": by(results, f, lambda r: True)}
+        if gold_known:
+            row["accuracy"] = by(gold_known, f, lambda r: bool(r["correct"]))
+        if frauds:
+            row["fraud_recall"] = by(frauds, f, lambda r: r["alarm"])
+        if normals:
+            row["false_alarm_rate"] = by(normals, f, lambda r: r["alarm"])
+        rows.append(row)
+    out["by_fraction"] = rows
+    if frauds:
+        out["fraud_recall"] = _mean([r["alarm"] for r in frauds])
+    if normals:
+        out["false_alarm_rate"] = _mean([r["alarm"] for r in normals])
+    return out
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.1f}" if pct else f"{x:.2f}"
+
+
+def live_markdown(m: dict, system: str = "model") -> str:
+    """Summary row and the by-fraction table."""
+    lines = [
+        "| system | task | calls | decided | decision time s (mean / median) | rounds | acc | weighted F1 "
+        "| fraud recall | false alarms |",
+        "|" + "---|" * 10,
+        "| "
+        + " | ".join(
+            [
+                system,
+                m["task"],
+                str(m["n_calls"]),
+                _fmt(m["decided_rate"], True),
+                f"{_fmt(m['decision_time_s']['mean'])} / {_fmt(m['decision_time_s']['median'])}",
+                _fmt(m["rounds_used_mean"]),
+                _fmt(m.get("accuracy"), True),
+                _fmt(m.get("weighted_f1"), True),
+                _fmt(m.get("fraud_recall"), True),
+                _fmt(m.get("false_alarm_rate"), True),
+            ]
+        )
+        + " |",
+        "",
+    ]
+    keys = [k for k in ("decided_rate", "accuracy", "fraud_recall", "false_alarm_rate") if k in m["by_fraction"][0]]
+    lines.append("| fraction heard | " + " | ".join(keys) + " |")
+    lines.append("|" + "---|" * (len(keys) + 1))
+    for row in m["by_fraction"]:
+        lines.append(f"| {row['fraction']:.1f} | " + " | ".join(_fmt(row[k], True) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def print_timeline(result: dict, file=None) -> None:
+    """time, stage, label, confidence per round, then the decision."""
+    file = file or sys.stdout  # looked up per call, so redirected/captured stdout works
+    print(f"call {result['call_id']} ({result['duration_s']:.1f} s, task {result['task']})", file=file)
+    print(f"{'round':>5} {'heard s':>8}  {'stage':<12} {'label':<10} {'conf':>5}", file=file)
+    for s in result["steps"]:
+        label = "null" if s["label"] is None else s["label"]
+        conf = "–" if s["confidence"] is None else f"{s['confidence']:.2f}"
+        mark = (
+            "  <- decision" if s["decided"] else ("  (format: " + s["format_error"] + ")" if s["format_error"] else "")
+        )
+        print(f"{s['round']:>5} {s['end_s']:>8.1f}  {s['stage'] or '–':<12} {label:<10} {conf:>5}{mark}", file=file)
+    if result["decided"]:
+        alarm = "ALARM: fraud suspected" if result["alarm"] else "no alarm"
+        print(
+            f"decision after {result['decision_time_s']:.1f} s ({result['decision_round']} rounds): "
+            f"{result['decision_label']} -> {alarm}",
+            file=file,
+        )
+    else:
+        print(f"no decision after the whole call ({result['rounds_used']} rounds)", file=file)
+    if result["gold"] is not None:
+        print(f"gold: {result['gold']}", file=file)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def calls_from_file(path: str | Path, task: str) -> list[LiveCall]:
+    """LiveCalls of a metadata-format jsonl, less the calls the task does not apply to (types of normal calls)."""
+    out = []
+    for call in load_calls(path):
+        gold = call_gold(call, task)
+        if task == "fraud_type" and gold is None:
+            continue
+        out.append(LiveCall(str(call.get("id")), call["audio"], call.get("turns") or None, gold))
+    return out
+
+
+def _engine(args):
+    from safe_qaq.engine import make_engine
+
+    return make_engine(
+        args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url, max_batch_size=args.batch_size
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base model path/id (or the served model name with --backend openai)")
+    p.add_argument("--adapters", nargs="*", default=None)
+    p.add_argument("--backend", choices=("pt", "vllm", "openai"), default="pt")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (swift deploy / vllm serve)")
+    p.add_argument("--task", choices=TASKS, default="fraud")
+    p.add_argument("--threshold", type=float, default=0.8, help="decide at the first non-null label this confident")
+    p.add_argument("--hop", type=float, default=5.0, help="seconds between prefixes when turn times are unknown")
+    p.add_argument("--no-turns", action="store_true", help="cut every --hop seconds even when turn times are known")
+    p.add_argument("--no-history", action="store_true", help="ask the target task alone, without the earlier rounds")
+    p.add_argument("--max-rounds", type=int, default=None)
+    p.add_argument("--chunk-s", type=float, default=MAX_AUDIO_SECONDS, help="longest audio chunk per <audio>")
+    p.add_argument("--cache-dir", default=None, help="where prefix WAVs go (default: outputs/live_cache)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _run_kwargs(args) -> dict:
+    return {
+        "task": args.task,
+        "threshold": args.threshold,
+        "hop_s": args.hop,
+        "use_turns": not args.no_turns,
+        "history": not args.no_history,
+        "max_rounds": args.max_rounds,
+        "chunk_s": args.chunk_s,
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+    }
+
+
+def cmd_call(args) -> int:
+    if args.calls:
+        matches = [c for c in calls_from_file(args.calls, args.task) if c.call_id == args.call_id]
+        if not matches:
+            print(f"error: call {args.call_id!r} not in {args.calls}", file=sys.stderr)
+            return 1
+        call = matches[0]
+    else:
+        call = LiveCall(Path(args.audio).stem, args.audio)
+    result = run_live(_engine(args), [call], cache_dir=args.cache_dir or "outputs/live_cache", **_run_kwargs(args))[0]
+    print_timeline(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    if args.plot:
+        from safe_qaq.plots import timeline_png
+
+        timeline_png(result, args.plot, threshold=args.threshold)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "live_results.jsonl"
+    calls = calls_from_file(args.calls, args.task)[: args.limit]
+    done: dict[str, dict] = {}
+    if results_path.exists() and not args.overwrite:
+        for line in results_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a killed run: that call is simply redone
+            if rec.get("task") == args.task and rec.get("threshold") == args.threshold:
+                done[rec["call_id"]] = rec
+    todo = [c for c in calls if c.call_id not in done]
+    with open(results_path, "a" if done else "w", encoding="utf-8") as f:
+
+        def save(rec: dict) -> None:
+            done[rec["call_id"]] = rec
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()  # a killed run keeps every finished call
+
+        if todo:
+            run_live(
+                _engine(args),
+                todo,
+                cache_dir=args.cache_dir or out / "prefixes",
+                on_result=save,
+                progress=not args.quiet,
+                **_run_kwargs(args),
+            )
+    results = [done[c.call_id] for c in calls if c.call_id in done]
+    metrics = live_metrics(results)
+    (out / "live_metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    table = live_markdown(metrics, args.name or Path(args.model.rstrip("/")).name)
+    (out / "live_metrics.md").write_text(table + "\n", encoding="utf-8")
+    from safe_qaq.plots import live_curve_png
+
+    live_curve_png(metrics, out / "live_curve.png")
+    print(table)
+    print(f"\nwrote {out}/live_results.jsonl, live_metrics.json, live_metrics.md, live_curve.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m safe_qaq.live", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    call = sub.add_parser("call", help="walk one call through its prefixes and print the timeline")
+    _common(call)
+    src = call.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="audio file (prefixes every --hop seconds)")
+    src.add_argument("--calls", help="metadata-format jsonl holding --call-id (turn-end prefixes, gold label)")
+    call.add_argument("--call-id")
+    call.add_argument("--out", help="result JSON")
+    call.add_argument("--plot", help="timeline PNG")
+    ev = sub.add_parser("eval", help="real-time metrics over a test set of calls")
+    _common(ev)
+    ev.add_argument("--calls", required=True, help="calls jsonl, e.g. data/prepared/calls_test.jsonl")
+    ev.add_argument("--out", required=True, help="output directory (live_results.jsonl is resumed when present)")
+    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--name", help="system name in the table")
+    ev.add_argument("--overwrite", action="store_true")
+    ev.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "call":
+        if args.calls and not args.call_id:
+            parser.error("--calls needs --call-id")
+        return cmd_call(args)
+    return cmd_eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
