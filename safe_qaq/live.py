@@ -145,6 +145,7 @@ def read_step(text: str, task: str, threshold: float) -> dict:
     return {
         "stage": stage if isinstance(stage, str) else None,
         "label": label,
+        "null": parsed.label(task) is None,  # an explicit null ("not enough audio yet"), not a failure
         "confidence": confidence,
         "decided": decided,
         "format_error": parsed.schema_error(task),
@@ -394,7 +395,7 @@ def print_timeline(result: dict, file=None) -> None:
     print(f"call {result['call_id']} ({result['duration_s']:.1f} s, task {result['task']})", file=file)
     print(f"{'round':>5} {'heard s':>8}  {'stage':<12} {'label':<10} {'conf':>5}", file=file)
     for s in result["steps"]:
-        label = "null" if s["label"] is None else s["label"]
+        label = s["label"] if s["label"] is not None else ("null" if s.get("null") else "–")
         conf = "–" if s["confidence"] is None else f"{s['confidence']:.2f}"
         mark = (
             "  <- decision" if s["decided"] else ("  (format: " + s["format_error"] + ")" if s["format_error"] else "")

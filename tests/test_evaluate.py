@@ -169,3 +169,30 @@ def test_cli_model_mode_on_the_bundled_test_split(prepared, tmp_path, monkeypatc
     )
     assert payload["baselines"][0]["tasks"]["fraud"]["n"] == n_fraud_rows
     assert len((out / "predictions.jsonl").read_text().splitlines()) == len(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BUNDLED.exists(), reason="bundled calls not generated")
+def test_tiny_model_end_to_end(prepared, tmp_path, capsys):
+    """The real engine on the tiny random model: numbers are meaningless, the plumbing is real."""
+    from safe_qaq import live
+    from safe_qaq.tiny_model import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "tiny"))
+    out = tmp_path / "eval"
+    argv = ["--model", model, "--data", str(prepared / "offline_test.jsonl"), "--out", str(out), "--quiet"]
+    assert evaluate.main([*argv, "--limit", "3", "--max-tokens", "16", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny |" in printed and "| floor" in printed
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(isinstance(r["prediction"], str) and r["answer"] for r in records)
+    payload = json.loads((out / "metrics.json").read_text())
+    for m in payload["model"]["tasks"].values():
+        assert m["latency_s"]["p50"] > 0 and 0 <= m["format_failure_rate"] <= 1
+
+    live_out = tmp_path / "live"
+    argv = ["eval", "--model", model, "--calls", str(prepared / "calls_test.jsonl"), "--out", str(live_out)]
+    assert live.main([*argv, "--limit", "1", "--max-rounds", "2", "--max-tokens", "8", "--quiet"]) == 0
+    [result] = [json.loads(x) for x in (live_out / "live_results.jsonl").read_text().splitlines()]
+    assert 1 <= result["rounds_used"] <= 2 and len(result["steps"]) == result["rounds_used"]
+    assert json.loads((live_out / "live_metrics.json").read_text())["n_calls"] == 1
