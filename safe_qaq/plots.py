@@ -111,7 +111,10 @@ def timeline_png(result: dict, path: str | Path, threshold: float | None = None)
         colour = _LABEL_COLOURS.get(step["label"], "tab:blue")
         conf = step["confidence"] if step["confidence"] is not None else 0.0
         ax.scatter(step["end_s"], conf, color=colour, s=40, zorder=3)
-        text = _tick_labels([step["label"]], result["task"])[0][0] if step["label"] is not None else "null"
+        if step["label"] is not None:
+            text = _tick_labels([step["label"]], result["task"])[0][0]
+        else:  # an explicit null asks for more audio; anything else is a failed answer
+            text = "null" if step.get("null", True) else "no label"
         ax.annotate(text, (step["end_s"], conf), fontsize=7)
     ax.plot([s["end_s"] for s in steps], [s["confidence"] or 0.0 for s in steps], color="lightgray", zorder=1)
     if threshold is not None:
