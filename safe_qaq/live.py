@@ -42,7 +42,16 @@ import numpy as np
 
 from prompt import FRAUD, NORMAL, TASKS, build_messages
 from safe_qaq.answer import parse_answer
-from safe_qaq.audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, cached_ok, chunk_bounds, decode, ms_to_samples, write_flac
+from safe_qaq.audio import (
+    MAX_AUDIO_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    cached_ok,
+    chunk_bounds,
+    decode,
+    ms_to_samples,
+    write_flac,
+)
 from safe_qaq.floor import call_gold, load_calls
 from safe_qaq.metrics import sample_from_label, task_metrics
 from safe_qaq.prepare import turn_boundaries_ms
@@ -231,7 +240,8 @@ def run_live(
 
     Calls advance in lockstep -- round k of every undecided call goes to the engine as one
     batch -- so a vLLM engine or a deployment stays busy.  Returns one result per call
-    (``_result``), in input order; ``on_result`` sees each as soon as its call finishes.
+    (``_result``), in input order, less calls whose audio cannot be read (warned about);
+    ``on_result`` sees each as soon as its call finishes.
     """
     from tqdm import tqdm
 
@@ -239,7 +249,11 @@ def run_live(
     cutter = PrefixCutter(cache_dir, chunk_s)
     states = []
     for call in calls:
-        duration = cutter.duration(call.audio)
+        try:
+            duration = cutter.duration(call.audio)
+        except AudioError as exc:  # one unreadable file should not sink a test set
+            print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
+            continue
         states.append(
             _State(call, prefix_ends(duration, hop_s=hop_s, turns=call.turns if use_turns else None), duration)
         )

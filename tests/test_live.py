@@ -128,6 +128,12 @@ def test_batched_lockstep_keeps_calls_apart(tmp_path):
     assert [r["call_id"] for r in results] == ["c0", "c1"]
     assert not results[0]["decided"] and results[0]["rounds_used"] == 2  # 2 s, 3 s: never 5.5 s
     assert results[1]["decision_time_s"] == 6.0 and results[1]["decision_round"] == 3
+    # an unreadable file is skipped with a warning, the others still run
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    results = live.run_live(
+        model, [live.LiveCall("bad", str(tmp_path / "bad.wav")), calls[0]], cache_dir=tmp_path / "c"
+    )
+    assert [r["call_id"] for r in results] == ["c0"]
 
 
 def _result(gold, label, t, duration=10.0, task="fraud"):
