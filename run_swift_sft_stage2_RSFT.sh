@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 2b (SAFE-RS): SFT of the stage-1 model on the kept shortest-correct samples.
+source "$(dirname "$0")/scripts/common.sh"
+require_stage "$STAGE1_DIR" "run_swift_grpo_stage1.sh"
+RSFT_DATASET="${RSFT_DATASET:-$SAMPLES_DIR/rsft.jsonl}"
+if [ ! -s "$RSFT_DATASET" ] && [ "$PROFILE" = "smoke" ]; then
+    # A randomly initialised tiny model never answers correctly, so nothing is kept; the smoke run
+    # trains on the prepared gold answers instead to keep the chain going. A real run stops here.
+    echo "smoke: $RSFT_DATASET is empty (a random model answers nothing correctly); using the gold SFT rows"
+    RSFT_DATASET="$DATA_DIR/sft_train.jsonl"
+fi
+check_file "$RSFT_DATASET" "run sample.sh and process_samples.sh first (or no prompt had a correct sample)"
+run_sft "$(merged_dir "$STAGE1_DIR")" "$RSFT_DATASET" "$STAGE2_RSFT_DIR" "$@"
+merge_lora "$STAGE2_RSFT_DIR"
+echo "stage 2 RSFT done: $(merged_dir "$STAGE2_RSFT_DIR")"
