@@ -184,7 +184,7 @@ class RewardLog:
     def write(self, records: list[dict[str, Any]]) -> None:
         if self.path is None or not records:
             return
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        text = "".join(_ENCODER.encode(r) + "\n" for r in records)
         with self._lock:
             if self._file is None:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -194,6 +194,8 @@ class RewardLog:
 
 
 _LOG: RewardLog | None = None
+# What json.dumps(ensure_ascii=False) uses, built once rather than per record.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def _reward_log() -> RewardLog:
@@ -265,13 +267,16 @@ class SafeQaqReward(ORM):
         stages = _column(conversation_stage, n, "conversation_stage")
         tasks = _column(task, n, "task")
         log = _reward_log()
+        logging_on, state = log.enabled, kwargs.get("trainer_state")
+        resolved: dict[tuple[Any, Any, Any], tuple[str | None, str | None, str]] = {}
         scores: list[float] = []
         records: list[dict[str, Any]] = []
         for i in range(n):
             text = ""
             try:
-                text = _completion_text(completions[i])
-                row_task, gold, stage = self._gold(golds[i], stages[i], tasks[i])
+                completion = completions[i]
+                text = completion if type(completion) is str else _completion_text(completion)
+                row_task, gold, stage = self._gold_of_row(resolved, golds[i], stages[i], tasks[i])
                 value = float(self.score(parse_answer(text), row_task, gold, stage))
                 if not math.isfinite(value):
                     raise ValueError(f"non-finite score {value}")
@@ -279,10 +284,23 @@ class SafeQaqReward(ORM):
                 self._warn(f"{type(exc).__name__}: {exc}")
                 value = self.floor
             scores.append(value)
-            if log.enabled:
-                records.append(self._record(i, text, golds[i], stages[i], value, kwargs.get("trainer_state")))
+            if logging_on:
+                records.append(self._record(i, text, golds[i], stages[i], value, state))
         log.write(records)
         return scores
+
+    def _gold_of_row(self, resolved: dict, gold: Any, stage: Any, task: Any) -> tuple[str | None, str | None, str]:
+        """:meth:`_gold`, memoised per call: a GRPO batch repeats each row's columns G times."""
+        key = (gold, stage, task)
+        try:
+            return resolved[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable cell: resolve it uncached (it will fail the same way)
+            return self._gold(gold, stage, task)
+        # Only str/None cells resolve without raising, so equal keys always mean equal columns.
+        resolved[key] = result = self._gold(gold, stage, task)
+        return result
 
     def _gold(self, gold: Any, stage: Any, task: Any) -> tuple[str | None, str | None, str]:
         for value in (gold, stage, task):

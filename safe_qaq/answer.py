@@ -66,6 +66,32 @@ _PUNCTUATION = re.compile("[,.!?;:()\"'\\-，。！？；：（）“”‘’]"
 _DECODER = json.JSONDecoder(strict=False)
 
 
+_MARKS = ",.!?;:()\"'-，。！？；：（）“”‘’"
+
+
+def _think_length_tables() -> tuple[bytes, bytes, bytes]:
+    """Byte tables for :func:`think_length`: UTF-16 high/low byte -> group bits, and ASCII alnum -> 'a'."""
+    groups: dict[int, set[int]] = {}  # high byte -> low bytes of the marks sharing it
+    for mark in _MARKS:
+        groups.setdefault(ord(mark) >> 8, set()).add(ord(mark) & 0xFF)
+    high, low = bytearray(256), bytearray(256)
+    for bit, (hi, lows) in enumerate(sorted(groups.items())):
+        high[hi] |= 1 << bit
+        for lo in lows:
+            low[lo] |= 1 << bit
+    cjk_bit = 1 << len(groups)  # U+4E00–U+9FFF: high byte 0x4E–0x9F, any low byte
+    assert cjk_bit < 256, "one byte per unit"
+    for hi in range(0x4E, 0xA0):
+        high[hi] |= cjk_bit
+    for lo in range(256):
+        low[lo] |= cjk_bit
+    alnum = bytes(0x61 if chr(c).isascii() and chr(c).isalnum() else 0x20 for c in range(256))
+    return bytes(high), bytes(low), alnum
+
+
+_MARK_HIGH, _MARK_LOW, _ALNUM_TO_SPACED = _think_length_tables()
+
+
 def think_length(think: str | None) -> float:
     """Token estimate ``t`` of a think text, as the reference computes it.
 
@@ -77,6 +103,24 @@ def think_length(think: str | None) -> float:
     >>> think_length("诈骗, 2 calls")   # C=2, W=2, P=1, L=11 -> 5 + 6/4
     6.5
     """
+    if not think:
+        return 0.0
+    # The regex definition (_think_length_regex) costs ~25 µs on a 350-character think, most of a
+    # reward step; these byte-table passes give the same integers in ~3 µs.
+    # One UTF-16 unit per BMP character (a surrogate pair, bytes 0xD8-0xDF, for the rest).  Each
+    # unit's high and low byte map to group bits; the unit is a CJK character or a punctuation
+    # mark exactly when the two share a bit, so one AND + popcount counts C + P.
+    units = think.encode("utf-16-le", "surrogatepass")
+    high = int.from_bytes(units[1::2].translate(_MARK_HIGH), "little")
+    low = int.from_bytes(units[::2].translate(_MARK_LOW), "little")
+    cjk_punct = (high & low).bit_count()
+    # Every non-ASCII character becomes one '?', which ends an alphanumeric run as it did.
+    words = len(think.encode("ascii", "replace").translate(_ALNUM_TO_SPACED).split())
+    return cjk_punct + words + (len(think) - cjk_punct - words) / 4
+
+
+def _think_length_regex(think: str | None) -> float:
+    """:func:`think_length` as the definition reads (kept as the reference the fast one must equal)."""
     if not think:
         return 0.0
     cjk = len(_CJK.findall(think))
