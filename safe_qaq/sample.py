@@ -77,9 +77,22 @@ def recover(output: Path, n: int) -> tuple[int, set[int]]:
     return len(done), done
 
 
+def model_fingerprint(model: str) -> list[list[Any]] | None:
+    """Names, sizes and mtimes of a local model's weight files: a retrained model is a different model."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    return [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.iterdir())
+        if f.suffix in (".safetensors", ".bin")
+    ]
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
+        "model_weights": model_fingerprint(args.model),
         "adapters": args.adapters,
         "input": str(Path(args.input).resolve()),
         "n": args.n,

@@ -169,6 +169,7 @@ merge_lora() {
     local checkpoint="$run/last-checkpoint"
     check_file "$checkpoint/adapter_config.json" "the training run did not save a LoRA checkpoint"
     echo ">>> merge: $checkpoint -> $(merged_dir "$run")"
+    rm -rf "$(merged_dir "$run")"  # derived from the checkpoint; ms-swift refuses to overwrite it
     "$SWIFT" export --adapters "$checkpoint" --merge_lora true --output_dir "$(merged_dir "$run")" \
         --external_plugins "$TEMPLATE_PLUGIN" --template "$TEMPLATE"
 }

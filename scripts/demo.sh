@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make demo`: the whole SAFE-QAQ pipeline on CPU -- the tiny local Qwen2-Audio and the bundled
+# sample calls, through the same stage scripts (PROFILE=smoke) the GPU recipe uses -- then an
+# evaluation of the final model beside the transcript floor.
+# Overridable: MODEL, DATA_DIR, OUTPUT_ROOT, MAX_STEPS, SAMPLE_LIMIT, EVAL_LIMIT, LIVE_LIMIT.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [ -x "$ROOT/.venv/bin/python" ]; then export PATH="$ROOT/.venv/bin:$PATH"; fi
+export PROFILE=smoke
+export MODEL="${MODEL:-$ROOT/models/tiny-qwen2-audio}"
+export DATA_DIR="${DATA_DIR:-$ROOT/data/prepared}"
+export OUTPUT_ROOT="${OUTPUT_ROOT:-$ROOT/outputs/demo}"
+EVAL_LIMIT="${EVAL_LIMIT:-}"
+LIVE_LIMIT="${LIVE_LIMIT:-2}"
+LOGS="$OUTPUT_ROOT/logs"
+rm -rf "$OUTPUT_ROOT"  # the demo's own folder: every run starts from the base model again
+mkdir -p "$LOGS"
+demo_start=$(date +%s)
+
+step() {  # step NAME COMMAND...: run quietly into a log, print the time, show the log on failure
+    local name="$1" start
+    shift
+    start=$(date +%s)
+    printf '%-34s' "$name"
+    if "$@" > "$LOGS/$name.log" 2>&1; then
+        printf 'ok  %4ss  (log: %s)\n' "$(( $(date +%s) - start ))" "$LOGS/$name.log"
+    else
+        echo "FAILED -- last lines of $LOGS/$name.log:"
+        tail -n 40 "$LOGS/$name.log"
+        exit 1
+    fi
+}
+
+echo "SAFE-QAQ demo: tiny random Qwen2-Audio, bundled calls, CPU. Numbers are plumbing, not quality."
+step 0-tiny-model python -m safe_qaq.tiny_model --out "$MODEL"
+step 0-prepare-data python -m safe_qaq.prepare --input data/calls/metadata.jsonl --out "$DATA_DIR"
+step 1-grpo-stage1 bash run_swift_grpo_stage1.sh
+step 2a-sample bash sample.sh
+step 2a-process-samples bash process_samples.sh
+step 2b-rsft bash run_swift_sft_stage2_RSFT.sh
+step 2c-lcrl bash run_swift_grpo_stage2_LCRL.sh
+step 3-realtime bash run_swift_grpo_stage3.sh
+
+FINAL="$OUTPUT_ROOT/stage3_realtime/merged"
+eval_args=(--model "$FINAL" --data "$DATA_DIR/offline_test.jsonl" --out "$OUTPUT_ROOT/eval" --name demo-final
+           --max-tokens 48 --overwrite --quiet)
+if [ -n "$EVAL_LIMIT" ]; then eval_args+=(--limit "$EVAL_LIMIT"); fi
+step 4-evaluate python -m safe_qaq.evaluate "${eval_args[@]}"
+step 4-live-calls python -m safe_qaq.live eval --model "$FINAL" --calls "$DATA_DIR/calls_test.jsonl" \
+    --out "$OUTPUT_ROOT/live" --limit "$LIVE_LIMIT" --max-rounds 2 --max-tokens 32 --overwrite --quiet
+step 4-training-curves python -m safe_qaq.plots curves "$OUTPUT_ROOT/stage1_grpo" --out "$OUTPUT_ROOT/stage1_curves.png"
+
+echo
+cat "$OUTPUT_ROOT/eval/metrics.md"
+echo
+cat <<EOF
+Outputs ($(( $(date +%s) - demo_start )) s in all):
+  stage 1 GRPO          $OUTPUT_ROOT/stage1_grpo        (merged: stage1_grpo/merged, curves: stage1_curves.png)
+  stage 2a samples      $OUTPUT_ROOT/stage2_samples     (samples.shard0.jsonl, rsft.jsonl, unsolved.jsonl)
+  stage 2b RSFT         $OUTPUT_ROOT/stage2_rsft
+  stage 2c LCRL         $OUTPUT_ROOT/stage2_lcrl
+  stage 3 real time     $OUTPUT_ROOT/stage3_realtime    (final model: stage3_realtime/merged)
+  evaluation            $OUTPUT_ROOT/eval               (metrics.md/json, confusion PNGs, predictions.jsonl)
+  live calls            $OUTPUT_ROOT/live
+EOF

@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny local Qwen2-Audio and a few generated audio rows."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Keep CPU runs lean and offline: no hub access, one thread per op on this shared machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from safe_qaq.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2-audio")
+
+
+def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
+    sf.write(path, wave.astype(np.float32), 16000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def audio_rows(tmp_path_factory) -> list[dict]:
+    """Four fraud-task prompt rows over tones of different lengths (so a batch needs padding)."""
+    import prompt
+
+    folder = tmp_path_factory.mktemp("audio")
+    rows = []
+    for i, (seconds, gold) in enumerate([(2.0, prompt.FRAUD), (5.5, prompt.NORMAL), (3.0, prompt.NORMAL), (4.0, prompt.FRAUD)]):
+        audio = write_tone(folder / f"tone{i}.wav", seconds, 220 + 90 * i, seed=i)
+        rows.append(
+            {
+                "messages": prompt.build_messages("fraud"),
+                "audios": [str(audio)],
+                "answers": gold,
+                "conversation_stage": prompt.COMPLETE,
+                "task": "fraud",
+                "call_id": f"tone{i}",
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command with the venv's tools first on PATH (plus ``env``); fail with its output on error."""
+    env = dict(os.environ, **(env or {}), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
