@@ -31,7 +31,16 @@ SCENES: tuple[str, ...] = ("订餐服务", "咨询客服", "预约服务", "交�
 FRAUD = "fraud"
 NORMAL = "normal"
 FRAUD_LABELS: tuple[str, ...] = (FRAUD, NORMAL)
-FRAUD_TYPES: tuple[str, ...] = ("投资诈骗", "钓鱼诈骗", "身份盗窃", "彩票诈骗", "银行诈骗", "绑架诈骗", "客服诈骗", "邮件诈骗")
+FRAUD_TYPES: tuple[str, ...] = (
+    "投资诈骗",
+    "钓鱼诈骗",
+    "身份盗窃",
+    "彩票诈骗",
+    "银行诈骗",
+    "绑架诈骗",
+    "客服诈骗",
+    "邮件诈骗",
+)
 
 EARLY_STAGE = "early_stage"
 LATE_STAGE = "late_stage"
@@ -174,8 +183,8 @@ def format_answer(
     real-time "not enough audio yet" answer.  Used for the carried assistant turns of
     rounds 2-3 and for SFT targets.
 
-    >>> format_answer("fraud", "fraud", reason="冒充警察要求转账")
-    '<think>冒充警察要求转账</think><answer>{"is_fraud": true, "reason": "冒充警察要求转账", "confidence": 1.0}</answer>'
+    >>> format_answer("fraud", "fraud", reason="冒充警察")
+    '<think>冒充警察</think><answer>{"is_fraud": true, "reason": "冒充警察", "confidence": 1.0}</answer>'
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -236,4 +245,3 @@ def build_messages(
         if assistant_text is not None:
             messages.append({"role": "assistant", "content": assistant_text})
     return messages
-

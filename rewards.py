@@ -45,9 +45,10 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any, ClassVar
 
+from swift.rewards import ORM, orms
+
 from prompt import COMPLETE, STAGES, TASKS
 from safe_qaq.answer import MISSING, ParsedAnswer, Verdict, judge, parse_answer, resolve_stage, resolve_task
-from swift.rewards import ORM, orms
 
 logger = logging.getLogger("safe_qaq.rewards")
 
@@ -75,7 +76,8 @@ def format_score(parsed: ParsedAnswer, task: str) -> float:
           = 0.5 + 0.5·[JSON valid for task] − 0.001·n   otherwise,
     n = length of the stripped text after the last ``</answer>``.
 
-    >>> format_score(parse_answer('<think>a</think><answer>{"scene": "外卖服务", "reason": "r", "confidence": 1}</answer>'), "scene")
+    >>> ok = '<think>a</think><answer>{"scene": "外卖服务", "reason": "r", "confidence": 1}</answer>'
+    >>> format_score(parse_answer(ok), "scene")
     1.0
     >>> round(format_score(parse_answer('<think>a</think><answer>{"scene": 3}</answer> xyz'), "scene"), 3)
     0.497
@@ -108,7 +110,8 @@ def stage_score(parsed: ParsedAnswer, gold_stage: str) -> float:
           = +5  predicted stage == gold stage
           = 0   otherwise
 
-    >>> stage_score(parse_answer('<answer>{"conversation_stage": "early_stage", "is_fraud": null}</answer>'), "early_stage")
+    >>> early = '<answer>{"conversation_stage": "early_stage", "is_fraud": null}</answer>'
+    >>> stage_score(parse_answer(early), "early_stage")
     5.0
     >>> stage_score(parse_answer('<answer>{"conversation_stage": "complete", "is_fraud": null}</answer>'), "complete")
     -3.0

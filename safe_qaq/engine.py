@@ -61,7 +61,7 @@ class Engine:
             kwargs["model"] = self.model
         responses = self.engine.infer(requests, config, use_tqdm=use_tqdm, **kwargs)
         outputs = []
-        for row, response in zip(rows, responses):
+        for row, response in zip(rows, responses, strict=True):
             if isinstance(response, Exception):  # ms-swift returns (not raises) per-request failures
                 raise RuntimeError(f"generation failed for row {row.get('call_id', '?')}: {response}") from response
             outputs.append([choice.message.content or "" for choice in response.choices])

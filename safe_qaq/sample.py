@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_tokens=args.max_tokens,
                 seed=args.seed + batch[0][0],
             )
-            for (index, row), completions in zip(batch, texts):
+            for (index, row), completions in zip(batch, texts, strict=True):
                 if len(completions) != args.n:
                     raise RuntimeError(f"prompt {index}: engine returned {len(completions)} of {args.n} completions")
                 pid = prompt_id(row)

@@ -39,7 +39,8 @@ def audio_rows(tmp_path_factory) -> list[dict]:
 
     folder = tmp_path_factory.mktemp("audio")
     rows = []
-    for i, (seconds, gold) in enumerate([(2.0, prompt.FRAUD), (5.5, prompt.NORMAL), (3.0, prompt.NORMAL), (4.0, prompt.FRAUD)]):
+    tones = [(2.0, prompt.FRAUD), (5.5, prompt.NORMAL), (3.0, prompt.NORMAL), (4.0, prompt.FRAUD)]
+    for i, (seconds, gold) in enumerate(tones):
         audio = write_tone(folder / f"tone{i}.wav", seconds, 220 + 90 * i, seed=i)
         rows.append(
             {
@@ -67,5 +68,6 @@ def run_cli(
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        command = " ".join(map(str, args))
+        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result

@@ -1,5 +1,6 @@
 """The reward plugin (rewards.py): every formula at its boundaries, mixed batches, robustness."""
 
+import itertools
 import json
 import math
 import re
@@ -286,8 +287,9 @@ def test_think_length_penalty_boundaries(start, cap):
 
 
 def test_penalty_is_monotone_in_length():
-    values = [score("think_length_penalty_200", answer(SCENE_OK, think=think_of(t)), "fraud") for t in range(0, 1400, 7)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    lengths = range(0, 1400, 7)
+    values = [score("think_length_penalty_200", answer(SCENE_OK, think=think_of(t)), "fraud") for t in lengths]
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 # --- batches --------------------------------------------------------------------------------------------

@@ -53,9 +53,10 @@ def test_expanded_template_writes_one_audio_token_per_encoder_frame(tiny_model, 
     assert encoder_frames(3000) == 750  # 30 s of audio
     _, processor = get_model_processor(str(tiny_model), model_type="qwen2_audio", load_model=False)
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
-    for template_type, expected in ((TEMPLATE_TYPE, lambda s: encoder_frames(int(s * 100))), ("qwen2_audio", lambda s: 1)):
+    cases = ((TEMPLATE_TYPE, lambda s: encoder_frames(int(s * 100))), ("qwen2_audio", lambda s: 1))
+    for template_type, expected in cases:
         template = get_template(processor, template_type=template_type)
-        for row, seconds in zip(audio_rows[:2], (2.0, 5.5)):
+        for row, seconds in zip(audio_rows[:2], (2.0, 5.5), strict=True):
             encoded = template.encode(InferRequest(messages=row["messages"], audios=row["audios"]))
             assert encoded["input_ids"].count(audio_id) == expected(seconds)
 
@@ -74,7 +75,7 @@ def _scores_vs_teacher_forcing(model_dir: Path, rows: list[dict], template_type:
     # The reference forward uses the expanded encoding: one full forward pass is exact either way.
     reference = get_template(engine.processor, template_type=plugin.TEMPLATE_TYPE)
     worst = 0.0
-    for request, response in zip(requests, responses):
+    for request, response in zip(requests, responses, strict=True):
         if isinstance(response, Exception):
             raise response
         choice = response.choices[0]
@@ -93,7 +94,7 @@ def _scores_vs_teacher_forcing(model_dir: Path, rows: list[dict], template_type:
         logprobs = torch.log_softmax(logits.float(), -1)
         start = len(encoded["input_ids"]) - 1
         forced = [logprobs[start + j, token].item() for j, token in enumerate(generated)]
-        worst = max(worst, max(abs(a - b) for a, b in zip(scores, forced)))
+        worst = max(worst, max(abs(a - b) for a, b in zip(scores, forced, strict=True)))
     return worst
 
 
