@@ -4,12 +4,15 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prompt
 from safe_qaq.answer import (
     MISSING,
     GoldError,
     Verdict,
+    _think_length_regex,
     judge,
     parse_answer,
     resolve_stage,
@@ -273,3 +276,23 @@ def test_hostile_repetition_is_not_quadratic(unit):
     # A backtracking regex takes seconds on 20k repetitions (quadratic); a linear parser takes
     # milliseconds.  The bound is loose on purpose (shared CI machine): quadratic would be ~100x over it.
     assert _parse_seconds(unit * 20_000) < 1.0
+
+
+# --- the fast think-length estimate equals its regex definition ---------------------------------
+
+
+def test_think_length_matches_definition_on_every_code_point():
+    every_char = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    for start in range(0, len(every_char), 4096):
+        chunk = every_char[start : start + 4096]
+        assert think_length(chunk) == _think_length_regex(chunk)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from([*"诈骗ab1 ,.-，。“”‘’（）ａ\n\t\U0001f600", chr(0x9FFF), chr(0x4E00), chr(0x3001)])
+    )
+)
+def test_think_length_matches_definition(text):
+    assert think_length(text) == _think_length_regex(text)
