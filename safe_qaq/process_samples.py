@@ -146,7 +146,10 @@ def process(paths: list[str], output: str, unsolved: str, *, require_format: boo
                 missed.write(dumps(_prompt_row(first)))
                 continue
             row = _prompt_row(chosen)
-            row["messages"] = [*chosen["messages"], {"role": "assistant", "content": chosen["completion"]}]
+            messages = chosen["messages"]
+            if messages and messages[-1].get("role") == "assistant":  # sampled from an SFT row: replace its answer
+                messages = messages[:-1]
+            row["messages"] = [*messages, {"role": "assistant", "content": chosen["completion"]}]
             kept.write(dumps(row))
     report.seconds = time.perf_counter() - start
     return report
