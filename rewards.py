@@ -272,6 +272,7 @@ class SafeQaqReward(ORM):
         log = _reward_log()
         logging_on, state = log.enabled, kwargs.get("trainer_state")
         resolved: dict[tuple[Any, Any, Any], tuple[str | None, str | None, str]] = {}
+        score, gold_of_row, isfinite = self.score, self._gold_of_row, math.isfinite  # hot loop
         scores: list[float] = []
         records: list[dict[str, Any]] = []
         for i in range(n):
@@ -279,9 +280,9 @@ class SafeQaqReward(ORM):
             try:
                 completion = completions[i]
                 text = completion if type(completion) is str else _completion_text(completion)
-                row_task, gold, stage = self._gold_of_row(resolved, golds[i], stages[i], tasks[i])
-                value = float(self.score(parse_answer(text), row_task, gold, stage))
-                if not math.isfinite(value):
+                row_task, gold, stage = gold_of_row(resolved, golds[i], stages[i], tasks[i])
+                value = float(score(parse_answer(text), row_task, gold, stage))
+                if not isfinite(value):
                     raise ValueError(f"non-finite score {value}")
             except Exception as exc:  # a reward must never take the trainer down
                 self._warn(f"{type(exc).__name__}: {exc}")

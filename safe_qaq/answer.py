@@ -29,8 +29,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from prompt import EARLY_STAGE, LABEL_FIELD, STAGES, TASK_LABELS, TASKS, gold_label_of_value, task_of_label
 
@@ -129,35 +128,28 @@ def _think_length_regex(think: str | None) -> float:
     return cjk + words + punct + (len(think) - cjk - words - punct) / 4
 
 
-def _tags_in_order(text: str) -> bool:
+def _tags_in_order(text: str, think_close: int, answer_open: int, answer_close: int) -> bool:
     """``<think>.*?</think>\\s*<answer>.*?</answer>`` is found somewhere in ``text``.
 
     Linear: a match exists iff some ``</think>`` after the first ``<think>`` is followed by
     whitespace and ``<answer>``, and a ``</answer>`` comes after that ``<answer>``.  If the
     first such ``</think><answer>`` has no ``</answer>`` after it, no later one has either.
+    ``think_close`` is the first ``</think>`` after the first ``<think>``; ``answer_open`` /
+    ``answer_close`` are the first ``<answer>`` and the first ``</answer>`` after it (-1: none).
     """
-    start = text.find(THINK_OPEN)
-    if start < 0:
+    if think_close < 0 or answer_close < 0:
         return False
-    pos = start + len(THINK_OPEN)
+    close = think_close
     while True:
-        close = text.find(THINK_CLOSE, pos)
+        after = close + len(THINK_CLOSE)
+        if not text.startswith(ANSWER_OPEN, after):
+            after = _WHITESPACE.match(text, after).end()
+        if text.startswith(ANSWER_OPEN, after):
+            # the first <answer> is closed by answer_close; a later one needs its own </answer>
+            return after == answer_open or text.find(ANSWER_CLOSE, after + len(ANSWER_OPEN)) >= 0
+        close = text.find(THINK_CLOSE, close + len(THINK_CLOSE))
         if close < 0:
             return False
-        after = _WHITESPACE.match(text, close + len(THINK_CLOSE)).end()
-        if text.startswith(ANSWER_OPEN, after):
-            return text.find(ANSWER_CLOSE, after + len(ANSWER_OPEN)) >= 0
-        pos = close + len(THINK_CLOSE)
-
-
-def _between(text: str, open_tag: str, close_tag: str) -> str | None:
-    """Text from the first ``open_tag`` to the next ``close_tag`` (None if either is missing)."""
-    start = text.find(open_tag)
-    if start < 0:
-        return None
-    start += len(open_tag)
-    end = text.find(close_tag, start)
-    return None if end < 0 else text[start:end]
 
 
 def _json_object(block: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -178,11 +170,11 @@ def _json_object(block: str) -> tuple[dict[str, Any] | None, str | None]:
     return obj, None
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedAnswer:
+class ParsedAnswer(NamedTuple):
     """Everything the rewards, the filter and the evaluation read from one completion.
 
-    ``obj`` is shared between callers through the parse cache: treat it as read-only.
+    Immutable (a named tuple: cheap to build, one per completion per step).  ``obj`` is
+    shared between callers through the parse cache: treat it as read-only.
     """
 
     tags_ok: bool
@@ -254,26 +246,30 @@ def parse_answer(text: str) -> ParsedAnswer:
     """Parse one completion.  Cached: the rewards of one GRPO step share a single parse."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    think = _between(text, THINK_OPEN, THINK_CLOSE)
-    if think is not None:
-        think = think.strip()
-    block = _between(text, ANSWER_OPEN, ANSWER_CLOSE)
-    if block is None:
-        obj, error = None, ("no <answer> tag" if ANSWER_OPEN not in text else "<answer> is not closed")
-    else:
+    # Each tag is searched once; the tag-order check reuses these positions.
+    think_open = text.find(THINK_OPEN)
+    think_close = text.find(THINK_CLOSE, think_open + len(THINK_OPEN)) if think_open >= 0 else -1
+    think = text[think_open + len(THINK_OPEN) : think_close].strip() if think_close >= 0 else None
+    answer_open = text.find(ANSWER_OPEN)
+    answer_close = text.find(ANSWER_CLOSE, answer_open + len(ANSWER_OPEN)) if answer_open >= 0 else -1
+    if answer_close >= 0:
+        block = text[answer_open + len(ANSWER_OPEN) : answer_close]
         obj, error = _json_object(block)
         if obj is not None and not isinstance(obj, dict):  # defensive: raw_decode at '{' gives a dict
             obj, error = None, "answer JSON is not an object"
+    else:
+        block, obj = None, None
+        error = "no <answer> tag" if answer_open < 0 else "<answer> is not closed"
     last_close = text.rfind(ANSWER_CLOSE)
     trailing = len(text[last_close + len(ANSWER_CLOSE) :].strip()) if last_close >= 0 else 0
     return ParsedAnswer(
-        tags_ok=_tags_in_order(text),
-        think=think,
-        answer_block=block,
-        obj=obj,
-        error=error,
-        trailing_chars=trailing,
-        think_tokens=think_length(think),
+        _tags_in_order(text, think_close, answer_open, answer_close),
+        think,
+        block,
+        obj,
+        error,
+        trailing,
+        think_length(think),
     )
 
 

@@ -296,3 +296,16 @@ def test_think_length_matches_definition_on_every_code_point():
 )
 def test_think_length_matches_definition(text):
     assert think_length(text) == _think_length_regex(text)
+
+
+TAG_PIECES = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "{}", "<", ">"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(TAG_PIECES), max_size=14).map("".join))
+def test_tags_ok_equals_the_reference_regex_on_tag_soup(text):
+    import re
+
+    reference = re.search(r"<think>.*?</think>\s*<answer>.*?</answer>", text, re.S) is not None
+    parse_answer.cache_clear()
+    assert parse_answer(text).tags_ok is reference
