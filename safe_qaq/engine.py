@@ -54,6 +54,11 @@ class Engine:
             top_k=top_k,
             seed=seed,
         )
+        if seed is not None and self.backend == "pt":
+            # ms-swift's transformers engine ignores RequestConfig.seed; seed torch's sampler instead.
+            from transformers import set_seed
+
+            set_seed(seed)
         kwargs = dict(self._request_kwargs)
         if self.adapter_request is not None:
             kwargs["adapter_request"] = self.adapter_request

@@ -21,6 +21,7 @@ overlapping shards.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -123,10 +124,25 @@ def _prompt_row(record: dict[str, Any]) -> dict[str, Any]:
 
 def process(paths: list[str], output: str, unsolved: str, *, require_format: bool = True) -> Report:
     report = Report()
-    seen: set[tuple[Any, Any]] = set()
     start = time.perf_counter()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(unsolved).parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the targets and renamed at the end: a failed run leaves no half file that looks valid.
+    partial_kept, partial_missed = f"{output}.partial", f"{unsolved}.partial"
+    try:
+        _write(paths, partial_kept, partial_missed, require_format, report)
+    except BaseException:
+        for path in (partial_kept, partial_missed):
+            Path(path).unlink(missing_ok=True)
+        raise
+    os.replace(partial_kept, output)
+    os.replace(partial_missed, unsolved)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write(paths: list[str], output: str, unsolved: str, require_format: bool, report: Report) -> None:
+    seen: set[tuple[Any, Any]] = set()
     with open(output, "w", encoding="utf-8") as kept, open(unsolved, "w", encoding="utf-8") as missed:
         for path, line, group in _groups(paths):
             key = _key(group[0][1])
@@ -151,8 +167,6 @@ def process(paths: list[str], output: str, unsolved: str, *, require_format: boo
                 messages = messages[:-1]
             row["messages"] = [*messages, {"role": "assistant", "content": chosen["completion"]}]
             kept.write(dumps(row))
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def peak_rss_mb() -> float:

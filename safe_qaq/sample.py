@@ -54,7 +54,7 @@ def recover(output: Path, n: int) -> tuple[int, set[int]]:
         return 0, set()
     done: set[int] = set()
     keep_bytes = offset = 0
-    group_index, group_size = None, 0
+    group_index, group_samples = None, set()
     with open(output, "rb") as handle:
         for raw in handle:
             offset += len(raw)
@@ -62,13 +62,15 @@ def recover(output: Path, n: int) -> tuple[int, set[int]]:
                 if not raw.endswith(b"\n"):
                     raise ValueError("torn line")
                 record = json.loads(raw)
-                index = int(record["prompt_index"])
+                index, sample = int(record["prompt_index"]), int(record["sample_index"])
             except (ValueError, KeyError, TypeError):
                 break  # everything from here on is a kill's leftovers
             if index != group_index:
-                group_index, group_size = index, 0
-            group_size += 1
-            if group_size == n:
+                group_index, group_samples = index, set()
+            if sample in group_samples or not 0 <= sample < n:
+                break  # not something this sampler writes: keep only what precedes it
+            group_samples.add(sample)
+            if len(group_samples) == n:
                 done.add(index)
                 keep_bytes = offset
     if keep_bytes != output.stat().st_size:
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0, help="base seed; prompt i uses seed + i")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="base seed (an engine call uses seed + its first prompt index)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
     parser.add_argument("--limit", type=int, help="only the first LIMIT prompts (smoke runs)")
     parser.add_argument("--num-shards", type=int, default=1)

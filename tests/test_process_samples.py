@@ -54,10 +54,10 @@ def answer(task, value, think="分析", *, stage=None, tail="", indent=None):
 
 
 def run(tmp_path, lines, *extra, name="samples.jsonl"):
-    """The real CLI on one file; returns (exit code, kept rows, unsolved rows)."""
+    """The real CLI on one file; returns (exit code, kept rows, unsolved rows); None when not written."""
     out, unsolved = tmp_path / "rsft.jsonl", tmp_path / "unsolved.jsonl"
     code = main([write(tmp_path / name, lines), "--output", str(out), "--unsolved", str(unsolved), *extra])
-    return code, read(out), read(unsolved)
+    return code, *(read(path) if path.exists() else None for path in (out, unsolved))
 
 
 def reward(row, text):
@@ -277,3 +277,18 @@ def test_per_task_stats_table_is_printed(tmp_path, capsys):
     assert "| scene | 1 | 1 | 0 | 1/1 | 8.0 | 8.0 |" in out
     assert "| all | 3 | 2 | 1 | 2/5 |" in out
     assert "5 completions in" in out
+
+
+def test_a_failed_run_leaves_no_output_that_looks_valid(tmp_path):
+    from safe_qaq.process_samples import main
+
+    good = tmp_path / "good.jsonl"
+    bad = tmp_path / "bad.jsonl"
+    output, unsolved = tmp_path / "rsft.jsonl", tmp_path / "unsolved.jsonl"
+    good.write_text("")
+    bad.write_text("{not json\n")
+    output.write_text("an earlier run's result\n")
+    assert main([str(good), str(bad), "--output", str(output), "--unsolved", str(unsolved)]) == 2
+    assert output.read_text() == "an earlier run's result\n"  # untouched, not truncated
+    assert not unsolved.exists()
+    assert not list(tmp_path.glob("*.partial"))

@@ -268,3 +268,15 @@ def test_kill_and_resume_on_the_tiny_model(tmp_path, tiny_prompts):
     records = check_output(out, rows, n)
     assert all(r["completion"] != "PARTIAL GROUP" for r in records)
     assert out.read_bytes().startswith(kept)  # finished groups were kept as they were, not redone
+
+
+def test_recover_stops_at_a_repeated_sample_index(tmp_path):
+    from safe_qaq.sample import recover
+
+    lines = [{"prompt_index": 0, "sample_index": k, "completion": "x"} for k in (0, 1)]
+    lines += [{"prompt_index": 1, "sample_index": k, "completion": "x"} for k in (0, 0)]  # a repeat
+    output = tmp_path / "samples.jsonl"
+    output.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    kept, done = recover(output, 2)
+    assert (kept, done) == (1, {0})
+    assert len(output.read_text().splitlines()) == 2
