@@ -15,7 +15,7 @@ Inputs (``--input`` may repeat; the format is detected per row):
   file are merged into one call, so the scene / fraud / fraud-type files of the release
   rebuild the three-round conversation.
 
-Outputs in ``--out`` (see docs/data.md for the columns, the stage rule and the long-call policy):
+Outputs in ``--out`` (README "Data" explains the columns, the stage rule and the long-call policy):
 ``offline_{train,test}.jsonl`` and ``realtime_{train,test}.jsonl`` (GRPO prompts),
 ``sft_{train,test}.jsonl`` and ``sft_realtime_{train,test}.jsonl`` (gold-answer SFT rows),
 ``calls_{train,test}.jsonl``, ``split.json``, ``rejects.jsonl``, ``summary.json`` and
@@ -470,7 +470,7 @@ def _merge(call: Call, record: Record) -> Call:
 
 
 def stage_of(fraction: float, early_max: float, complete_min: float) -> str:
-    """The gold stage of a prefix that covers ``fraction`` of the call (docs/data.md)."""
+    """The gold stage of a prefix that covers ``fraction`` of the call (README, "Real time")."""
     if fraction >= complete_min:
         return COMPLETE
     if fraction <= early_max:
@@ -960,7 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m safe_qaq.prepare",
         description="Convert call records (our metadata JSONL or the TeleAntiFraud JSON/JSONL release) "
-        "into ms-swift jsonl for every training stage. See docs/data.md.",
+        "into ms-swift jsonl for every training stage. See the README's Data section.",
     )
     p.add_argument("--input", action="append", required=True, help="input file; repeat for several")
     p.add_argument("--out", required=True, help="output folder (e.g. data/prepared)")

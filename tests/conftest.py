@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_CALLS = ROOT / "data" / "calls" / "metadata.jsonl"
 # Keep CPU runs lean and offline: no hub access, one thread per op on this shared machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +21,16 @@ def tiny_model(tmp_path_factory) -> Path:
     from safe_qaq.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2-audio")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """The bundled calls through the real data pipeline (train/test split and all), once per session."""
+    from safe_qaq import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    assert prepare.main(["--input", str(BUNDLED_CALLS), "--out", str(out), "--no-progress"]) == 0
+    return out
 
 
 def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:

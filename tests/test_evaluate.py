@@ -11,7 +11,6 @@ from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES, build_messages, format_an
 from safe_qaq import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "data" / "calls" / "metadata.jsonl"
 
 
 def task_of_request(row: dict) -> str:
@@ -126,16 +125,6 @@ def test_cli_on_predictions_file_with_floor_beside(tmp_path, capsys):
     assert "| run | **avg** |" in md and "floor" in md
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from safe_qaq import prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    assert prepare.main(["--input", str(BUNDLED), "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-@pytest.mark.skipif(not BUNDLED.exists(), reason="bundled calls not generated")
 def test_cli_model_mode_on_the_bundled_test_split(prepared, tmp_path, monkeypatch, capsys):
     import safe_qaq.engine
 
@@ -172,15 +161,23 @@ def test_cli_model_mode_on_the_bundled_test_split(prepared, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not BUNDLED.exists(), reason="bundled calls not generated")
-def test_tiny_model_end_to_end(prepared, tmp_path, capsys):
+def test_tiny_model_end_to_end(prepared, tiny_model, tmp_path, capsys):
     """The real engine on the tiny random model: numbers are meaningless, the plumbing is real."""
     from safe_qaq import live
-    from safe_qaq.tiny_model import build_tiny_model
 
-    model = str(build_tiny_model(tmp_path / "tiny"))
+    model = str(tiny_model)
     out = tmp_path / "eval"
-    argv = ["--model", model, "--data", str(prepared / "offline_test.jsonl"), "--out", str(out), "--quiet"]
+    argv = [
+        "--model",
+        model,
+        "--data",
+        str(prepared / "offline_test.jsonl"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--name",
+        "tiny",
+    ]
     assert evaluate.main([*argv, "--limit", "3", "--max-tokens", "16", "--batch-size", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| tiny |" in printed and "| floor" in printed

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES
 from safe_qaq import floor
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "data" / "calls" / "metadata.jsonl"
 
 FRAUD_WORDS = "请把钱转到安全账户，验证码告诉我，否则冻结"
 NORMAL_WORDS = "您的外卖到了，放在门口，祝您用餐愉快"
@@ -71,17 +68,6 @@ def test_cli_writes_metrics(tmp_path, capsys):
     assert floor.load_calls(test)[0]["audio"] == str(tmp_path / "audio" / "c100.wav")
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """The bundled calls through the real data pipeline (train/test split and all)."""
-    from safe_qaq import prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    assert prepare.main(["--input", str(BUNDLED), "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-@pytest.mark.skipif(not BUNDLED.exists(), reason="bundled calls not generated")
 def test_floor_on_the_bundled_calls(prepared, capsys):
     train, test = prepared / "calls_train.jsonl", prepared / "calls_test.jsonl"
     n_test = len(json.loads((prepared / "split.json").read_text())["test"])

@@ -14,7 +14,6 @@ import prompt
 from safe_qaq import sample
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "data" / "calls" / "metadata.jsonl"
 
 
 def jsonl(rows) -> bytes:
@@ -204,15 +203,11 @@ def test_retrained_model_weights_are_other_settings(tmp_path, fake_engine):
 
 
 @pytest.fixture(scope="module")
-def tiny_prompts(tmp_path_factory) -> Path:
+def tiny_prompts(prepared, tmp_path_factory) -> Path:
     """Nine prompt rows, three per task (rounds 1-3), from the bundled calls as safe_qaq.prepare writes them."""
-    from safe_qaq import prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    assert prepare.main(["--input", str(BUNDLED), "--out", str(out), "--no-progress"]) == 0
-    lines = (out / "offline_train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (prepared / "offline_train.jsonl").read_text(encoding="utf-8").splitlines()
     chosen = [x for task in prompt.TASKS for x in [y for y in lines if json.loads(y)["task"] == task][:3]]
-    path = out / "prompts.jsonl"
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     # more than a handful, so the kill after the first group lands well before the end
     path.write_text("\n".join(chosen) + "\n", encoding="utf-8")
     return path
@@ -229,11 +224,8 @@ def _complete_lines(path: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not BUNDLED.exists(), reason="bundled calls not generated")
-def test_kill_and_resume_on_the_tiny_model(tmp_path, tiny_prompts):
-    from safe_qaq.tiny_model import build_tiny_model
-
-    model = build_tiny_model(tmp_path / "tiny")
+def test_kill_and_resume_on_the_tiny_model(tmp_path, tiny_prompts, tiny_model):
+    model = tiny_model
     out, n = tmp_path / "samples.jsonl", 3
     command = [sys.executable, "-m", "safe_qaq.sample", "--model", str(model), "--input", str(tiny_prompts)]
     command += ["--output", str(out), "--n", str(n), "--max-tokens", "8", "--batch-size", "1"]
