@@ -32,7 +32,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from safe_qaq.answer import GoldError, resolve_stage, resolve_task
-from safe_qaq.floor import floor_report, read_jsonl
+from safe_qaq.floor import floor_report
+from safe_qaq.jsonl import dumps, read_jsonl
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_text
 
 PREDICTIONS = "predictions.jsonl"
@@ -72,7 +73,7 @@ def load_predictions(path: Path) -> list[dict]:
             bad += 1
     if bad:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        tmp.write_text("".join(dumps(r) for r in records), encoding="utf-8")
         os.replace(tmp, path)
     return records
 
@@ -130,7 +131,7 @@ def generate_predictions(
                     "audios": row.get("audios"),
                 }
                 done[i] = rec
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(dumps(rec))
             f.flush()  # a killed run loses at most the batch in flight
             bar.update(len(chunk))
     return [done[i] for i in range(len(rows))]

@@ -25,15 +25,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from prompt import FRAUD, TASK_LABELS, TASKS
+from safe_qaq.jsonl import read_jsonl
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_label
 
 SYSTEM = "floor: char n-gram TF-IDF + LR (transcript)"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSON-lines file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def load_calls(path: str | Path) -> list[dict]:

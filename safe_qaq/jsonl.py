@@ -27,6 +27,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a (small) JSONL file; errors name the file and line."""
+    return [record for _, record in iter_jsonl(path)]
+
+
 def dumps(record: dict[str, Any]) -> str:
     """One JSONL line (UTF-8 text kept readable)."""
     return json.dumps(record, ensure_ascii=False) + "\n"

@@ -53,6 +53,7 @@ from safe_qaq.audio import (
     write_flac,
 )
 from safe_qaq.floor import call_gold, load_calls
+from safe_qaq.jsonl import dumps
 from safe_qaq.metrics import sample_from_label, task_metrics
 from safe_qaq.prepare import turn_boundaries_ms
 
@@ -527,7 +528,7 @@ def cmd_eval(args) -> int:
 
         def save(rec: dict) -> None:
             done[rec["call_id"]] = rec
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(dumps(rec))
             f.flush()  # a killed run keeps every finished call
 
         if todo:
