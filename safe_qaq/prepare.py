@@ -63,6 +63,7 @@ from prompt import (
 )
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
+from safe_qaq.jsonl import dumps
 
 SPEAKERS = ("caller", "callee")
 OUTPUT_KINDS = ("offline", "realtime", "sft", "sft_realtime")
@@ -721,7 +722,7 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(dumps(row))
             n += 1
     os.replace(tmp, path)
     return n
