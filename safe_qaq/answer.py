@@ -113,8 +113,9 @@ def think_length(think: str | None) -> float:
     high = int.from_bytes(units[1::2].translate(_MARK_HIGH), "little")
     low = int.from_bytes(units[::2].translate(_MARK_LOW), "little")
     cjk_punct = (high & low).bit_count()
-    # Every non-ASCII character becomes one '?', which ends an alphanumeric run as it did.
-    words = len(think.encode("ascii", "replace").translate(_ALNUM_TO_SPACED).split())
+    # Every non-ASCII character becomes one '?', which ends an alphanumeric run as it did; a run
+    # starts wherever an 'a' follows a space (a leading space marks a run at the very start).
+    words = (b" " + think.encode("ascii", "replace").translate(_ALNUM_TO_SPACED)).count(b" a")
     return cjk_punct + words + (len(think) - cjk_punct - words) / 4
 
 
