@@ -48,12 +48,16 @@ eval_args=(--model "$FINAL" --data "$DATA_DIR/offline_test.jsonl" --out "$OUTPUT
 if [ -n "$EVAL_LIMIT" ]; then eval_args+=(--limit "$EVAL_LIMIT"); fi
 step 4-evaluate python -m safe_qaq.evaluate "${eval_args[@]}"
 step 4-live-calls python -m safe_qaq.live eval --model "$FINAL" --calls "$DATA_DIR/calls_test.jsonl" \
-    --out "$OUTPUT_ROOT/live" --limit "$LIVE_LIMIT" --max-rounds 2 --max-tokens 32 --overwrite --quiet
+    --out "$OUTPUT_ROOT/live" --limit "$LIVE_LIMIT" --max-rounds 2 --max-tokens 32 --overwrite --quiet \
+    --name demo-final
 step 4-training-curves python -m safe_qaq.plots curves "$OUTPUT_ROOT/stage1_grpo" --out "$OUTPUT_ROOT/stage1_curves.png"
 
+summary_table() { sed '/^$/q' "$1"; }  # the first table of a metrics file (per-class detail follows)
 echo
-cat "$OUTPUT_ROOT/eval/metrics.md"
-echo
+echo "Offline test split: the final model beside the transcript floor ($OUTPUT_ROOT/eval/metrics.md)"
+summary_table "$OUTPUT_ROOT/eval/metrics.md"
+echo "Live calls ($OUTPUT_ROOT/live/live_metrics.md)"
+summary_table "$OUTPUT_ROOT/live/live_metrics.md"
 cat <<EOF
 Outputs ($(( $(date +%s) - demo_start )) s in all):
   stage 1 GRPO          $OUTPUT_ROOT/stage1_grpo        (merged: stage1_grpo/merged, curves: stage1_curves.png)
