@@ -11,10 +11,10 @@ sample_args=(--model "$(merged_dir "$STAGE1_DIR")" --input "$SAMPLE_INPUT" --bac
              --n "$SAMPLE_N" --temperature "$SAMPLE_TEMPERATURE" --top-p "$SAMPLE_TOP_P" --top-k "$SAMPLE_TOP_K"
              --max-tokens "$MAX_COMPLETION_LENGTH" --num-shards "$SAMPLE_SHARDS")
 if [ -n "$SAMPLE_LIMIT" ]; then sample_args+=(--limit "$SAMPLE_LIMIT"); fi
+# With several shards each takes its own GPU (SAMPLE_GPUS lists them, default 0..N-1).
+gpus=(${SAMPLE_GPUS:-$(seq -s ' ' 0 $((SAMPLE_SHARDS - 1)))})
 pids=()
 for ((shard = 0; shard < SAMPLE_SHARDS; shard++)); do
-    # With several shards each takes its own GPU (SAMPLE_GPUS lists them, default 0..N-1).
-    gpus=(${SAMPLE_GPUS:-$(seq -s ' ' 0 $((SAMPLE_SHARDS - 1)))})
     if (( SAMPLE_SHARDS > 1 )); then export CUDA_VISIBLE_DEVICES="${gpus[$shard]}"; fi
     "$PYTHON" -m safe_qaq.sample "${sample_args[@]}" --shard-index "$shard" \
         --output "$SAMPLES_DIR/samples.shard$shard.jsonl" "$@" &

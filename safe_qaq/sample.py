@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="base seed (an engine call uses seed + its first prompt index)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
-    parser.add_argument("--limit", type=int, help="only the first LIMIT prompts (smoke runs)")
+    parser.add_argument("--limit", type=int, help="only the first LIMIT prompts of this shard (smoke runs)")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--shard-index", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output")
