@@ -213,6 +213,14 @@ def _default_reason(task: str, label: str | None) -> str:
     return f"通话内容符合{label}的特征。"
 
 
+def question_of(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """A conversation up to its last user turn: an SFT row without its target answer(s)."""
+    question = list(messages)
+    while question and question[-1].get("role") == "assistant":
+        question.pop()
+    return question
+
+
 def build_messages(
     task: str,
     *,

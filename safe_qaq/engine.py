@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prompt import question_of
+
 BACKENDS = ("pt", "vllm", "openai")
 
 
@@ -45,7 +47,9 @@ class Engine:
     ) -> list[list[str]]:
         from swift.infer_engine import InferRequest, RequestConfig
 
-        requests = [InferRequest(messages=_prompt_messages(row), audios=list(row.get("audios") or [])) for row in rows]
+        requests = [
+            InferRequest(messages=question_of(row["messages"]), audios=list(row.get("audios") or [])) for row in rows
+        ]
         config = RequestConfig(
             n=n,
             max_tokens=max_tokens,
@@ -71,13 +75,6 @@ class Engine:
                 raise RuntimeError(f"generation failed for row {row.get('call_id', '?')}: {response}") from response
             outputs.append([choice.message.content or "" for choice in response.choices])
         return outputs
-
-
-def _prompt_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    messages = list(row["messages"])
-    if messages and messages[-1].get("role") == "assistant":  # an SFT row: ask its question again
-        messages = messages[:-1]
-    return messages
 
 
 def make_engine(

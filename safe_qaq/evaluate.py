@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from prompt import question_of
 from safe_qaq.answer import GoldError, resolve_stage, resolve_task
 from safe_qaq.floor import floor_report
 from safe_qaq.jsonl import dumps, read_jsonl
@@ -41,10 +42,7 @@ PREDICTIONS = "predictions.jsonl"
 
 def prompt_of(row: dict) -> dict:
     """The generation request of a dataset row: its messages up to the last user turn, and audios."""
-    messages = list(row["messages"])
-    while messages and messages[-1].get("role") == "assistant":  # SFT rows carry the target
-        messages.pop()
-    return {"messages": messages, "audios": list(row.get("audios") or [])}
+    return {"messages": question_of(row["messages"]), "audios": list(row.get("audios") or [])}
 
 
 def row_key(row: dict) -> str:

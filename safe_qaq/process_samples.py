@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prompt import question_of
 from safe_qaq.answer import GoldError, judge, parse_answer, resolve_stage, resolve_task
 from safe_qaq.jsonl import dumps, iter_jsonl
 
@@ -162,10 +163,8 @@ def _write(paths: list[str], output: str, unsolved: str, require_format: bool, r
                 missed.write(dumps(_prompt_row(first)))
                 continue
             row = _prompt_row(chosen)
-            messages = chosen["messages"]
-            if messages and messages[-1].get("role") == "assistant":  # sampled from an SFT row: replace its answer
-                messages = messages[:-1]
-            row["messages"] = [*messages, {"role": "assistant", "content": chosen["completion"]}]
+            # a row sampled from an SFT row gets the kept completion in place of its answer
+            row["messages"] = [*question_of(chosen["messages"]), {"role": "assistant", "content": chosen["completion"]}]
             kept.write(dumps(row))
 
 
