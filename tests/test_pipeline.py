@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT, run_cli
 
 STAGE_SCRIPTS = {
@@ -18,10 +19,6 @@ def default_reward_names(script: str) -> list[str]:
     match = re.search(r'REWARD_FUNCS="\$\{REWARD_FUNCS:-([\w ]+)\}"', (ROOT / script).read_text())
     assert match, f"{script} sets no default REWARD_FUNCS"
     return match.group(1).split()
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import prompt
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
+from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import (
     Options,
     main,
@@ -33,10 +34,6 @@ FIXTURE_INPUTS = [FIXTURE / "scene.json", FIXTURE / "fraud.jsonl", FIXTURE / "fr
 PROMPT_KINDS = ("offline", "realtime")
 ALL_KINDS = ("offline", "realtime", "sft", "sft_realtime")
 QUIET = Options(workers=1, progress=False)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def rows_of(out: Path, kind: str) -> list[dict]:
