@@ -19,6 +19,9 @@ import soxr
 SAMPLE_RATE = 16000
 #: Qwen2-Audio's WhisperFeatureExtractor keeps at most this many seconds per audio.
 MAX_AUDIO_SECONDS = 30.0
+#: Most <audio> entries one row may carry: the one bound data preparation, the stage scripts (vLLM's
+#: limit_mm_per_prompt) and the inference engines share. Longer calls are rejected by prepare.
+MAX_AUDIOS_PER_ROW = 8
 DEFAULT_SILENCE_DBFS = -60.0
 
 

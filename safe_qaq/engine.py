@@ -14,13 +14,72 @@ The local backends use the ``qwen2_audio_expanded`` template (see
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prompt import question_of
 
 BACKENDS = ("pt", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Every setting that shapes a generation, always passed explicitly.
+
+    Explicit because an engine otherwise falls back to the model's ``generation_config.json``
+    (Qwen2-Audio-7B-Instruct ships ``repetition_penalty: 1.1``), so sampling, evaluation and
+    GRPO rollouts (which use 1.0) would silently differ.  ``temperature 0`` is greedy.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    max_tokens: int = 1024
+    seed: int | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`Engine.generate`."""
+        return asdict(self)
+
+
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, *, defaults: Sampling = Sampling(), model_required: bool = True
+) -> None:
+    """The model/engine and generation options every generating CLI shares (one definition)."""
+    engine = parser.add_argument_group("model and engine")
+    engine.add_argument(
+        "--model", required=model_required, help="model dir or id (the served model name with --backend openai)"
+    )
+    engine.add_argument("--adapters", nargs="*", default=[], help="LoRA adapter checkpoint(s) applied on load")
+    engine.add_argument("--backend", choices=BACKENDS, default="pt")
+    engine.add_argument("--base-url", help="OpenAI-compatible endpoint for --backend openai (swift deploy, vllm)")
+    gen = parser.add_argument_group("generation (explicit; the model's generation_config is not consulted)")
+    gen.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=defaults.top_p)
+    gen.add_argument("--top-k", type=int, default=defaults.top_k, help="-1 = off")
+    gen.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    gen.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="longest completion")
+    gen.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    return Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+
+
+def engine_from_args(args: argparse.Namespace, *, max_batch_size: int = 8) -> Engine:
+    return make_engine(
+        args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url, max_batch_size=max_batch_size
+    )
 
 
 @dataclass
@@ -41,6 +100,7 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = -1,
+        repetition_penalty: float = 1.0,
         max_tokens: int = 512,
         seed: int | None = None,
         use_tqdm: bool = False,
@@ -56,6 +116,7 @@ class Engine:
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
+            repetition_penalty=repetition_penalty,
             seed=seed,
         )
         if seed is not None and self.backend == "pt":
