@@ -1,6 +1,7 @@
 """SAFE-QAQ reward functions: an ms-swift 4.x reward plugin.
 
 Use with ``swift rlhf --rlhf_type grpo --external_plugins rewards.py --reward_funcs NAME ...``.
+The formulas, with worked examples, are explained in docs/method.md#rewards.
 ms-swift builds each class as ``cls(args=GRPOConfig)`` and calls it with ``completions``,
 ``messages`` and every extra dataset column as keyword lists.  These rewards read:
 

@@ -1,4 +1,4 @@
-"""Live-call inference: decide on a call while it is still going (SPEC §4).
+"""Live-call inference: decide on a call while it is still going (docs/method.md#live-inference).
 
 The call is fed to the model as growing prefixes -- at each turn end when the turn times
 are known, else every ``--hop`` seconds -- with the real-time prompt.  A prefix whose
