@@ -286,3 +286,12 @@ def test_evaluate_writes_lenient_figures_beside_strict(tmp_path, capsys):
     assert fraud["accuracy"] == pytest.approx(2 / 8) and fraud["lenient"]["accuracy"] == pytest.approx(5 / 8)
     md = (out / "metrics.md").read_text(encoding="utf-8")
     assert "docs/method.md#lenient-reading" in md and "| 35.83 | **63.10** |" in md
+
+
+def test_metrics_docstring_examples():
+    import doctest
+
+    import safe_qaq.metrics
+
+    result = doctest.testmod(safe_qaq.metrics)
+    assert result.failed == 0 and result.attempted >= 3
