@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 import re
 from pathlib import Path
 
@@ -21,10 +22,9 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 
 def repo_text_files() -> list[Path]:
     files = []
-    for path in REPO.rglob("*"):
-        wanted = path.suffix in TEXT_SUFFIXES or path.name in {"Makefile", "run"}
-        if wanted and path.is_file() and not SKIP_DIRS.intersection(path.relative_to(REPO).parts):
-            files.append(path)
+    for root, dirs, names in os.walk(REPO):  # skipped folders are pruned, not walked (.venv is huge)
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        files += [Path(root, n) for n in names if Path(n).suffix in TEXT_SUFFIXES or n in {"Makefile", "run"}]
     return files
 
 
