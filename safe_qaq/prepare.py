@@ -95,8 +95,11 @@ class Options:
             raise ValueError(f"--test-fraction must be in [0, 1], got {self.test_fraction}")
         if self.long_call not in LONG_CALL_POLICIES:
             raise ValueError(f"--long-call must be chunk or truncate, got {self.long_call!r}")
-        if self.max_audios < 1:
-            raise ValueError(f"--max-audios must be at least 1, got {self.max_audios}")
+        if not 1 <= self.max_audios <= audio_utils.MAX_AUDIOS_PER_ROW:
+            raise ValueError(
+                f"--max-audios must be in [1, {audio_utils.MAX_AUDIOS_PER_ROW}], got {self.max_audios}: the stage "
+                "scripts and engines take at most safe_qaq.audio.MAX_AUDIOS_PER_ROW audios per row"
+            )
         if not 0.0 < self.chunk_seconds <= audio_utils.MAX_AUDIO_SECONDS:
             raise ValueError(
                 f"--chunk-seconds must be in (0, {audio_utils.MAX_AUDIO_SECONDS:g}]: "
@@ -989,6 +992,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds)
     p.add_argument(
+        "--max-audios",
+        type=int,
+        default=defaults.max_audios,
+        help="most <audio> chunks one row may carry (vLLM's limit_mm_per_prompt in the stage scripts); "
+        "a longer call is rejected (too_many_chunks) unless --long-call truncate",
+    )
+    p.add_argument(
         "--prefix-fractions",
         type=_fractions,
         default=defaults.prefix_fractions,
@@ -1030,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         long_call=args.long_call,
         chunk_seconds=args.chunk_seconds,
+        max_audios=args.max_audios,
         prefix_fractions=args.prefix_fractions,
         early_max_fraction=args.early_max_fraction,
         complete_min_fraction=args.complete_min_fraction,
