@@ -1,17 +1,20 @@
-"""One call model: live inference sends exactly the chunks data preparation trained on."""
+"""One call model (safe_qaq/calls.py): live inference sends exactly the chunks data preparation trained on."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from prompt import EARLY_STAGE, format_answer
+from prompt import EARLY_STAGE, FRAUD, FRAUD_TYPES, NORMAL, SCENES, TASKS, format_answer
 from safe_qaq import live
+from safe_qaq.calls import Call, RowError, load_calls, resolve_audio
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import Options, prepare
 
@@ -105,3 +108,73 @@ def test_live_splits_long_prefixes_where_training_does(tmp_path, with_turns):
     sent = engine.requests[-1]["audios"]
     assert [sf.info(p).frames * 1000 // 16000 for p in sent] == expected
     assert all(np.array_equal(a, b) for a, b in zip(_samples(sent), _samples(offline["audios"]), strict=True))
+
+
+def test_live_sends_no_prefix_over_the_audio_bound(tmp_path, capsys):
+    """245 s without turns: the whole call would be 9 chunks; vLLM takes 8 per row, so it is not sent."""
+    wav = tmp_path / "long.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(245 * 16000)).astype(np.float32), 16000)
+    engine = NeverDecides()
+    [result] = live.run_live(engine, [live.LiveCall("long", str(wav))], hop_s=100, history=False, cache_dir=tmp_path)
+    assert result["prefix_ends"] == [100.0, 200.0] and result["rounds_used"] == 2
+    assert [len(r["audios"]) for r in engine.requests] == [4, 7]
+    assert "needs more than 8 chunks of at most 30 s; sending the first 200.0 s" in capsys.readouterr().err
+
+
+def test_live_imports_neither_prepare_nor_floor():
+    code = "import sys, safe_qaq.live; print(sorted({'safe_qaq.prepare', 'safe_qaq.floor'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------
+# The record, the gold rule, audio paths
+# ---------------------------------------------------------------------------
+
+
+def test_gold_rule():
+    fraud = Call(call_id="a", audio="/a.wav", scene=SCENES[0], label=FRAUD, fraud_type=FRAUD_TYPES[1])
+    assert [fraud.gold(t) for t in TASKS] == [SCENES[0], FRAUD, FRAUD_TYPES[1]]
+    normal = Call(call_id="b", audio="/b.wav", scene="不是场景", label=NORMAL, fraud_type=FRAUD_TYPES[1])
+    assert [normal.gold(t) for t in TASKS] == [None, NORMAL, None]  # unknown scene; a normal call has no type
+    with pytest.raises(ValueError, match="unknown task"):
+        fraud.gold("colour")
+
+
+def test_resolve_audio(tmp_path, monkeypatch):
+    listing = tmp_path / "lists" / "calls.jsonl"
+    listing.parent.mkdir()
+    (tmp_path / "lists" / "a.wav").write_bytes(b"x")
+    assert resolve_audio("a.wav", listing) == str(tmp_path / "lists" / "a.wav")
+    assert resolve_audio({"url": "file://a.wav"}, listing) == str(tmp_path / "lists" / "a.wav")
+    assert resolve_audio("/abs/b.wav", listing) == "/abs/b.wav"
+    assert resolve_audio("missing.wav", listing) == str(tmp_path / "lists" / "missing.wav")  # reported later
+    (tmp_path / "here.wav").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_audio("here.wav", listing) == str(tmp_path / "here.wav")  # found only from the cwd
+    for value, words in [
+        (None, "non-empty string"),
+        ("  ", "non-empty string"),
+        ("a\0b.wav", "NUL character"),
+        ("a\ud800.wav", "unpaired surrogate"),
+        ("https://x/a.wav", "remote audio"),
+    ]:
+        with pytest.raises(RowError, match=words):
+            resolve_audio(value, listing)
+
+
+def test_load_calls_names_the_bad_row(tmp_path):
+    path = tmp_path / "calls.jsonl"
+    good = {"id": "c1", "audio": "c1.wav", "duration": 3.0, "label": FRAUD, "turns": [{"start": 0, "end": 1}, "x"]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"audio": "c2.wav"}) + "\n", encoding="utf-8")
+    with pytest.raises(RowError, match=rf"{path}:2: 'id' must be a non-empty string"):
+        load_calls(path)
+    path.write_text(json.dumps(good) + "\n", encoding="utf-8")
+    [call] = load_calls(path)
+    assert (call.call_id, call.audio, call.duration, call.turns) == (
+        "c1",
+        str(tmp_path / "c1.wav"),
+        3.0,
+        good["turns"][:1],
+    )
+    assert call.to_json()["scene"] is None and call.gold("fraud") == FRAUD
