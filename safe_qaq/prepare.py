@@ -177,7 +177,7 @@ class Reject:
         return row
 
     def __str__(self) -> str:
-        where = f" [audio: {self.audio}]" if self.audio else ""
+        where = f" [audio: {_snippet(self.audio, 200)}]" if self.audio else ""
         return f"{self.origin}: {self.reason}{where}"
 
 
@@ -212,7 +212,7 @@ def _has_surrogate(obj: Any) -> bool:
 def _parse(text: str, what: str) -> tuple[Any, RowError | None]:
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
         return None, RowError("malformed_json", f"malformed JSON {what}: {exc}")
     except RecursionError:
         return None, RowError("malformed_json", f"malformed JSON {what}: nested too deeply")
@@ -228,7 +228,7 @@ def _count_json_values(text: str) -> int | None:
     while index < len(text):
         try:
             _, index = decoder.raw_decode(text, index)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return None
         count += 1
         index = _JSON_SPACE.match(text, index).end()
@@ -243,8 +243,12 @@ def read_rows(path: Path) -> Iterator[tuple[Origin, Any, RowError | None]]:
     objects pretty-printed over many lines -- yields one error row for the whole file (origin
     row 0): its rows cannot be counted, so the run fails whatever the reject limit.
     """
-    data = path.read_bytes()
     name = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        yield Origin(name, 0), None, RowError("unreadable", f"cannot read the file: {exc.strerror or exc}")
+        return
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         error = RowError("bad_encoding", "file is UTF-16 (it starts with a byte-order mark); save it as UTF-8")
         yield Origin(name, 0), None, error
@@ -254,8 +258,8 @@ def read_rows(path: Path) -> Iterator[tuple[Origin, Any, RowError | None]]:
         # Undecodable bytes become unpaired surrogates: they reject the item that holds them.
         try:
             items = json.loads(data.decode("utf-8", "surrogateescape"))
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        except (ValueError, RecursionError) as exc:
+            detail = exc if isinstance(exc, ValueError) else "nested too deeply"
             yield Origin(name, 0), None, RowError("malformed_json", f"file is not valid JSON: {detail}")
             return
         for index, item in enumerate(items, start=1):
@@ -1059,6 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.input:
             if not Path(path).is_file():
                 raise ValueError(f"--input {path}: no such file")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out}: exists and is not a folder")
     except ValueError as exc:
         _stderr(f"error: {exc}")
         return 2

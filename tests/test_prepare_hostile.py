@@ -149,6 +149,10 @@ def deeply_nested(tmp):
     return jsonl_with(tmp, b"[" * 100_000 + b"]" * 100_000)
 
 
+def huge_integer(tmp):  # Python refuses to convert more than 4300 digits: a ValueError, not a JSONDecodeError
+    return jsonl_with(tmp, line(bad_row()).replace(b'"id": "bad"', b'"id": ' + b"9" * 5000))
+
+
 def line_separator_in_text(tmp):  # U+2028 is valid inside a JSON string: not a line break
     text = "喂\u2028您好"
     return jsonl_with(
@@ -192,6 +196,7 @@ CASES = {
     "same_audio_same_facts": Case(same_audio_same_facts, 0, [], N),
     "duplicate_id": Case(duplicate_id, 0, [(3, "duplicate_id", "already used by")], N),
     "deeply_nested": Case(deeply_nested, 0, [(3, "malformed_json", "nested too deeply")], N),
+    "huge_integer": Case(huge_integer, 0, [(3, "malformed_json", "4300 digits")], N),
     "line_separator_in_text": Case(line_separator_in_text, 0, [], N + 1),
     "over_max_audios": Case(over_max_audios, 0, [(3, "too_many_chunks", "9 chunks of at most 30 s, more than")], N),
     "over_lowered_max_audios": Case(
