@@ -21,9 +21,11 @@ Outputs in ``--out`` (README "Data" explains the columns, the stage rule and the
 ``calls_{train,test}.jsonl``, ``split.json``, ``rejects.jsonl``, ``summary.json`` and
 ``audio/`` (cut chunks and prefixes, written once and reused by later runs).
 
-Every audio is decoded once, resampled to 16 kHz mono and checked; a bad row is written to
-``rejects.jsonl`` with the file, row and reason, never dropped silently.  The exit status is
-1 when more than ``--max-reject-fraction`` of the rows were rejected (default 5%).
+Every audio is size-checked from its header, then decoded once, resampled to 16 kHz mono and
+checked; a bad row is written to ``rejects.jsonl`` with the file, row and reason, never dropped
+silently.  Calls are planned and cut with :mod:`safe_qaq.calls` and
+:func:`safe_qaq.audio.cut_chunks`, as live inference cuts them.  The exit status is 1 when more
+than ``--max-reject-fraction`` of the rows were rejected (default 5%).
 """
 
 from __future__ import annotations
