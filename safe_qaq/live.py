@@ -29,7 +29,6 @@ them, and cached as FLAC files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -44,18 +43,17 @@ from prompt import FRAUD, NORMAL, TASKS, build_messages
 from safe_qaq.answer import parse_answer
 from safe_qaq.audio import (
     MAX_AUDIO_SECONDS,
+    MAX_AUDIOS_PER_ROW,
     SAMPLE_RATE,
     AudioError,
-    cached_ok,
-    chunk_bounds,
+    chunk_dir,
+    cut_chunks,
     decode,
-    ms_to_samples,
-    write_flac,
+    samples_to_ms,
 )
-from safe_qaq.floor import call_gold, load_calls
+from safe_qaq.calls import load_calls, plan_chunks, turn_boundaries_ms
 from safe_qaq.jsonl import dumps
 from safe_qaq.metrics import sample_from_label, task_metrics
-from safe_qaq.prepare import turn_boundaries_ms
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -68,9 +66,11 @@ DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 class PrefixCutter:
     """Cuts ``[0, end)`` of a call into chunks of at most ``chunk_s`` under ``cache_dir``.
 
-    Chunks are cut the way data preparation cuts them (:func:`safe_qaq.audio.chunk_bounds`,
-    preferring pauses between turns), and named by their bounds: every prefix of a call
-    shares its leading chunks, which are written once and reused across runs.
+    The pieces are planned (:func:`safe_qaq.calls.plan_chunks`, splitting in pauses between
+    turns) and cut (:func:`safe_qaq.audio.cut_chunks`) by the functions data preparation uses,
+    so a prefix is sent as exactly the chunks training saw; a whole call that fits one chunk is
+    sent as its original file, as in training.  Every prefix of a call shares its leading
+    chunks, which are written once and reused across runs.
     """
 
     def __init__(self, cache_dir: str | Path, chunk_s: float = MAX_AUDIO_SECONDS):
@@ -79,6 +79,7 @@ class PrefixCutter:
         self.cache_dir = Path(cache_dir)
         self.chunk_ms = round(chunk_s * 1000)
         self._audio: dict[str, np.ndarray] = {}
+        self._made: dict[str, str] = {}  # chunk files this run already holds
 
     def audio(self, path: str | Path) -> np.ndarray:
         key = str(Path(path).resolve())
@@ -91,45 +92,45 @@ class PrefixCutter:
     def duration(self, path: str | Path) -> float:
         return len(self.audio(path)) / SAMPLE_RATE
 
-    def prefix(self, path: str | Path, end_s: float, split_points_s: Sequence[float] = ()) -> list[str]:
+    def duration_ms(self, path: str | Path) -> int:
+        return samples_to_ms(len(self.audio(path)))
+
+    def chunks(self, end_ms: int, split_points_ms: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """The ``[start, end)`` ms pieces the prefix ``[0, end_ms)`` is sent as."""
+        return plan_chunks(end_ms, split_points_ms, chunk_ms=self.chunk_ms)
+
+    def prefix_ms(self, path: str | Path, end_ms: int, split_points_ms: Sequence[int] = ()) -> list[str]:
         wav = self.audio(path)
-        end_ms = max(1, min(round(end_s * 1000), len(wav) * 1000 // SAMPLE_RATE))
-        points = [round(p * 1000) for p in split_points_s]
-        src = Path(path)
-        tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
-        paths = []
-        for start, stop in chunk_bounds(end_ms, points, chunk_ms=self.chunk_ms):
-            out = self.cache_dir / f"{src.stem}-{tag}-{start:07d}-{stop:07d}ms.flac"
-            lo, hi = ms_to_samples(start), ms_to_samples(stop)
-            if not cached_ok(out, hi - lo):
-                write_flac(out, wav[lo:hi])
-            paths.append(str(out))
-        return paths
+        end_ms = max(1, min(end_ms, samples_to_ms(len(wav))))
+        folder = chunk_dir(self.cache_dir, Path(path).stem, path)
+        return cut_chunks(wav, self.chunks(end_ms, split_points_ms), folder, source=path, made=self._made)
+
+    def prefix(self, path: str | Path, end_s: float, split_points_s: Sequence[float] = ()) -> list[str]:
+        return self.prefix_ms(path, round(end_s * 1000), [round(p * 1000) for p in split_points_s])
 
 
-def turn_boundaries(turns: Sequence[dict] | None, duration_s: float) -> list[float]:
-    """Cut points between turns (the middle of each pause): where data preparation cuts prefixes and chunks."""
-    timed = [t for t in turns or () if all(isinstance(t.get(k), (int, float)) for k in ("start", "end"))]
-    timed.sort(key=lambda t: t["start"])
-    return [ms / 1000 for ms in turn_boundaries_ms(timed, round(duration_s * 1000))]
+def _prefix_ends_ms(duration_ms: int, *, hop_s: float, boundaries_ms: Sequence[int] | None) -> list[int]:
+    if duration_ms <= 0:
+        raise ValueError(f"duration must be positive, got {duration_ms} ms")
+    if boundaries_ms is not None:
+        ends = list(boundaries_ms)
+    else:
+        hop_ms = round(hop_s * 1000)
+        if hop_ms <= 0:
+            raise ValueError(f"hop must be positive, got {hop_s}")
+        ends = [hop_ms * k for k in range(1, math.ceil(duration_ms / hop_ms))]
+    return [*sorted({e for e in ends if 0 < e < duration_ms}), duration_ms]
 
 
 def prefix_ends(duration_s: float, *, hop_s: float = 5.0, turns: Sequence[dict] | None = None) -> list[float]:
-    """Where the prefixes end; always the whole call last.
+    """Where the prefixes end, in seconds; always the whole call last.
 
-    With ``turns``: after each turn, in the pause before the next one (as the real-time
-    training rows are cut); otherwise every ``hop_s`` seconds.
+    With ``turns``: after each turn, in the pause before the next one (where data preparation
+    cuts the real-time training rows); otherwise every ``hop_s`` seconds.
     """
-    if duration_s <= 0:
-        raise ValueError(f"duration must be positive, got {duration_s}")
-    if turns:
-        ends = turn_boundaries(turns, duration_s)
-    else:
-        if hop_s <= 0:
-            raise ValueError(f"hop must be positive, got {hop_s}")
-        ends = [hop_s * k for k in range(1, math.ceil(duration_s / hop_s))]
-    ends = [e for e in ends if 0 < e < duration_s - 1e-3]
-    return [*sorted({round(e, 3) for e in ends}), round(duration_s, 3)]
+    duration_ms = round(duration_s * 1000)
+    boundaries = turn_boundaries_ms(turns, duration_ms) if turns else None
+    return [ms / 1000 for ms in _prefix_ends_ms(duration_ms, hop_s=hop_s, boundaries_ms=boundaries)]
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +181,10 @@ class LiveCall:
 @dataclass
 class _State:
     call: LiveCall
-    ends: list[float]
+    ends: list[float]  # seconds, as reported
     duration: float
-    splits: list[float] = field(default_factory=list)
+    ends_ms: list[int] = field(default_factory=list)
+    splits_ms: list[int] = field(default_factory=list)  # the call's pauses: where its chunks split
     next: int = 0
     steps: list[dict] = field(default_factory=list)
     done: bool = False
@@ -218,6 +220,33 @@ def _result(state: _State, task: str, threshold: float) -> dict:
     }
 
 
+def _state_of(call: LiveCall, cutter: PrefixCutter, *, hop_s: float, use_turns: bool) -> _State | None:
+    """The prefixes to walk for one call, or None (warned about) when its audio cannot be used.
+
+    Chunks always split in the call's pauses, as training's did, also when ``use_turns`` is off
+    and the prefixes end every ``hop_s``.  Prefixes needing more than ``MAX_AUDIOS_PER_ROW``
+    chunks are not sent: no training row holds more, and the engines refuse them.
+    """
+    try:
+        duration_ms = cutter.duration_ms(call.audio)
+    except AudioError as exc:  # one unreadable file should not sink a test set
+        print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
+        return None
+    splits = turn_boundaries_ms(call.turns, duration_ms)
+    ends = _prefix_ends_ms(duration_ms, hop_s=hop_s, boundaries_ms=splits if use_turns and call.turns else None)
+    fitting = [e for e in ends if len(cutter.chunks(e, splits)) <= MAX_AUDIOS_PER_ROW]
+    if len(fitting) < len(ends):
+        heard = f"the first {fitting[-1] / 1000:.1f} s" if fitting else "nothing"
+        print(
+            f"warning: call {call.call_id} ({duration_ms / 1000:.1f} s) needs more than {MAX_AUDIOS_PER_ROW} "
+            f"chunks of at most {cutter.chunk_ms / 1000:g} s; sending {heard} of it",
+            file=sys.stderr,
+        )
+        if not fitting:
+            return None
+    return _State(call, [e / 1000 for e in fitting], duration_ms / 1000, ends_ms=fitting, splits_ms=splits)
+
+
 def run_live(
     engine,
     calls: Sequence[LiveCall],
@@ -250,18 +279,13 @@ def run_live(
     cutter = PrefixCutter(cache_dir, chunk_s)
     states = []
     for call in calls:
-        try:
-            duration = cutter.duration(call.audio)
-        except AudioError as exc:  # one unreadable file should not sink a test set
-            print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
-            continue
-        states.append(
-            _State(call, prefix_ends(duration, hop_s=hop_s, turns=call.turns if use_turns else None), duration)
-        )
+        state = _state_of(call, cutter, hop_s=hop_s, use_turns=use_turns)
+        if state is not None:
+            states.append(state)
     bar = tqdm(total=len(states), desc="live", unit="call", disable=not progress)
     active = list(states)
     while active:
-        audios = [cutter.prefix(s.call.audio, s.ends[s.next], s.splits) for s in active]
+        audios = [cutter.prefix_ms(s.call.audio, s.ends_ms[s.next], s.splits_ms) for s in active]
         carried: list[list[tuple[str, str]]] = [[] for _ in active]
         latency = [0.0] * len(active)
         for round_task in chain:
@@ -438,10 +462,10 @@ def calls_from_file(path: str | Path, task: str) -> list[LiveCall]:
     """LiveCalls of a metadata-format jsonl, less the calls the task does not apply to (types of normal calls)."""
     out = []
     for call in load_calls(path):
-        gold = call_gold(call, task)
+        gold = call.gold(task)
         if task == "fraud_type" and gold is None:
             continue
-        out.append(LiveCall(str(call.get("id")), call["audio"], call.get("turns") or None, gold))
+        out.append(LiveCall(call.call_id, call.audio, call.turns, gold))
     return out
 
 
