@@ -279,18 +279,16 @@ def test_kill_and_resume_on_the_tiny_model(tmp_path, tiny_prompts, tiny_model):
 @pytest.mark.parametrize(
     ("lines", "named"),
     [
-        (group_lines(0, 2) + [sample_line(1, 0), sample_line(1, 0)], ":4: prompt_index 1 sample_index 0"),  # repeat
+        ([*group_lines(0, 2), sample_line(1, 0), sample_line(1, 0)], ":4: prompt_index 1 sample_index 0"),  # repeat
         (group_lines(0, 2) + group_lines(0, 2), ":3: prompt_index 0"),  # a group twice
-        ([sample_line(0, 0), sample_line(1, 0)] + group_lines(2, 2), ":2: prompt_index 1"),  # a short group
-        (group_lines(0, 2) + ["garbage"] + group_lines(1, 2), ":3: not valid JSON"),  # garbage before good groups
+        ([sample_line(0, 0), sample_line(1, 0), *group_lines(2, 2)], ":2: prompt_index 1"),  # a short group
+        ([*group_lines(0, 2), "garbage", *group_lines(1, 2)], ":3: not valid JSON"),  # garbage before good groups
     ],
 )
 def test_recover_refuses_what_a_kill_cannot_leave(tmp_path, lines, named):
     """Only a kill's leftovers are cut; anything else is named and the file is left alone."""
     output = tmp_path / "samples.jsonl"
-    output.write_bytes(
-        before := b"".join(x.encode() + b"\n" if isinstance(x, str) else jsonl([x]) for x in lines)
-    )
+    output.write_bytes(before := b"".join(x.encode() + b"\n" if isinstance(x, str) else jsonl([x]) for x in lines))
     with pytest.raises(sample.ResumeError, match=f"samples.jsonl{named}.*--overwrite"):
         sample.recover(output, 2)
     assert output.read_bytes() == before
