@@ -61,8 +61,11 @@ class Sampling:
         return None
 
 
+GREEDY = Sampling()
+
+
 def add_engine_arguments(
-    parser: argparse.ArgumentParser, *, defaults: Sampling = Sampling(), model_required: bool = True
+    parser: argparse.ArgumentParser, *, defaults: Sampling = GREEDY, model_required: bool = True
 ) -> None:
     """The model/engine and generation options every generating CLI shares (one definition)."""
     engine = parser.add_argument_group("model and engine")
