@@ -55,6 +55,7 @@ from safe_qaq.jsonl import (
     file_fingerprint,
     iter_lines,
     os_error_message,
+    print_error,
     read_output,
     read_rows,
 )
@@ -156,7 +157,7 @@ def prediction_problem(rec: dict[str, Any]) -> str | None:
     if "prediction" not in rec:
         return "no 'prediction' (the model's raw answer text)"
     if rec["prediction"] is not None and not isinstance(rec["prediction"], str):
-        return f"'prediction' is a {type(rec['prediction']).__name__}, expected the answer text (a string)"
+        return f"'prediction' must be the answer text (a string), not a {type(rec['prediction']).__name__}"
     if "answer" not in rec:
         return "no 'answer' (the gold label)"
     return None
@@ -307,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, sampling)
     except (ValueError, RuntimeError) as exc:  # bad rows, a refused resume, a failed generation
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
     except OSError as exc:
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print_error(os_error_message(exc))
         return 2
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -103,15 +104,23 @@ def read_rows(path: str | Path, check=None, *, max_errors: int = 20) -> list[tup
         if not isinstance(record, JsonlError):
             problem = f"{path}:{number}: {problem}"
         problems.append(problem)
+    if len(problems) == 1:
+        raise JsonlError(problems[0])
     if problems:
-        more = f"\n... and {len(problems) - max_errors} more" if len(problems) > max_errors else ""
-        raise JsonlError("\n".join(problems[:max_errors]) + more + f"\n{path}: {len(problems)} bad line(s)")
+        more = [f"... and {len(problems) - max_errors} more"] if len(problems) > max_errors else []
+        raise JsonlError("\n".join([*problems[:max_errors], *more, f"{path}: {len(problems)} bad lines"]))
     return rows
 
 
 def dumps(record: dict[str, Any]) -> str:
     """One JSONL line (UTF-8 text kept readable)."""
     return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def print_error(message: object) -> None:
+    """``error: ...`` on stderr, one line per line of the message (one per bad row)."""
+    for line in str(message).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
 
 
 def os_error_message(exc: OSError) -> str:

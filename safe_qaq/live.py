@@ -67,6 +67,7 @@ from safe_qaq.jsonl import (
     check_settings,
     file_fingerprint,
     os_error_message,
+    print_error,
     read_output,
 )
 from safe_qaq.metrics import sample_from_label, task_metrics
@@ -499,6 +500,8 @@ def _calls(args) -> list[LiveCall]:
         raise ValueError(f"{args.calls}: not a calls file ({type(exc).__name__}: {exc})") from None
     seen: set[str] = set()
     for call in calls:
+        if not isinstance(call.audio, str) or not call.audio:
+            raise ValueError(f"{args.calls}: call {call.call_id} has no audio path")
         if call.call_id in seen:
             raise ValueError(f"{args.calls}: call id {call.call_id!r} appears twice; results are kept by call id")
         seen.add(call.call_id)
@@ -638,10 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd_call(args) if args.command == "call" else cmd_eval(args)
     except (ValueError, RuntimeError) as exc:  # bad calls, a refused resume, a failed model or generation
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
     except OSError as exc:
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print_error(os_error_message(exc))
         return 2
 
 

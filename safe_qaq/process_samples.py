@@ -38,7 +38,7 @@ from typing import Any
 
 from prompt import question_of
 from safe_qaq.answer import GoldError, judge, parse_answer, resolve_stage, resolve_task
-from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl, os_error_message
+from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl, os_error_message, print_error
 from safe_qaq.sample import read_n
 
 SAMPLE_COLUMNS = ("prompt_index", "prompt_id", "sample_index", "completion")
@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = process(args.samples, args.output, args.unsolved, require_format=not args.allow_malformed, n=args.n)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     except OSError as exc:
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print_error(os_error_message(exc))
         return 2
     print(report.table())
     rate = report.lines / report.seconds if report.seconds else float("inf")

@@ -47,6 +47,7 @@ from safe_qaq.jsonl import (
     meta_path,
     os_error_message,
     parse_line,
+    print_error,
     read_rows,
 )
 
@@ -160,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, sampling, output)
     except (JsonlError, ResumeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
     except OSError as exc:
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print_error(os_error_message(exc))
         return 2
 
 
