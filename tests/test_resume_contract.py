@@ -449,3 +449,28 @@ def test_live_eval_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, monk
     assert [r["call_id"] for r in after[:done]] == finished and results.read_bytes().startswith(kept)
     assert sorted(r["call_id"] for r in after) == sorted(reference)  # each call once
     assert without_timing({r["call_id"]: r for r in after}) == without_timing(reference)
+
+
+# --- the real engine on the tiny model ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_engine_resume_equals_one_run_and_a_missing_model_is_one_line(prepared, tiny_model, tmp_path, capsys):
+    """Greedy generation resumed across a larger --limit equals one run; every option reaches the real engine."""
+    argv = ["--model", str(tiny_model), "--data", str(prepared / "offline_test.jsonl"), "--no-floor", "--no-plots"]
+    argv += ["--quiet", "--max-tokens", "8", "--batch-size", "1", "--repetition-penalty", "1.0", "--top-k", "-1"]
+    assert evaluate.main([*argv, "--out", str(tmp_path / "whole"), "--limit", "3"]) == 0
+    assert evaluate.main([*argv, "--out", str(tmp_path / "part"), "--limit", "1"]) == 0
+    assert evaluate.main([*argv, "--out", str(tmp_path / "part"), "--limit", "3"]) == 0
+    whole, part = (lines_of(tmp_path / name / "predictions.jsonl") for name in ("whole", "part"))
+    assert len(whole) == 3 and without_timing(part) == without_timing(whole)
+    capsys.readouterr()
+
+    missing = ["--model", "/no/such/model", "--quiet"]
+    assert evaluate.main([*argv, *missing, "--out", str(tmp_path / "missing")]) == 1
+    calls = ["--calls", str(prepared / "calls_test.jsonl"), "--out", str(tmp_path / "live")]
+    assert live.main(["eval", *calls, *missing]) == 1
+    err = capsys.readouterr().err
+    failures = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(failures) == 2 and all("cannot load model '/no/such/model'" in line for line in failures), err
+    assert "Traceback" not in err
