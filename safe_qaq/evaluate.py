@@ -15,9 +15,10 @@ Writes to ``--out``: ``predictions.jsonl`` (one record per row, appended as batc
 resumes an interrupted run; the data file's content, the model and the generation settings are
 kept in ``predictions.jsonl.meta.json`` and a run with others is refused, naming them
 (``--overwrite`` starts again; see :mod:`safe_qaq.jsonl`).  A smaller ``--limit`` scores the
-predictions already there, a larger one continues.  When the data directory holds ``calls_train.jsonl`` and
-``calls_test.jsonl`` the transcript floor (:mod:`safe_qaq.floor`) is scored on the same
-(call, task) pairs and printed beside the model.
+predictions already there, a larger one continues.
+
+When the data directory holds ``calls_train.jsonl`` and ``calls_test.jsonl`` the transcript
+floor (:mod:`safe_qaq.floor`) is scored on the same (call, task) pairs and printed beside the model.
 
 Per-sample latency is the wall time of the ``generate`` call that produced the sample;
 with ``--batch-size 1`` that is the request latency the paper reports.

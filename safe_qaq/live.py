@@ -600,10 +600,8 @@ def cmd_eval(args) -> int:
     print(table)
     print(f"\nwrote {out}/live_results.jsonl, live_metrics.json, live_metrics.md, live_curve.png")
     if missing:
-        print(
-            f"error: {missing} of {len(calls)} calls have no result (warned above); a rerun retries them",
-            file=sys.stderr,
-        )
+        lost = f"{missing} of {len(calls)} calls have no result (warned above)"
+        print(f"error: {lost}; they are not in the metrics, and a rerun retries them", file=sys.stderr)
         return 1
     return 0
 
