@@ -559,6 +559,8 @@ def cmd_eval(args) -> int:
     out = Path(args.out)
     results_path = out / RESULTS
     calls = _calls(args)[: args.limit]
+    if not calls:
+        raise ValueError(f"{args.calls}: no calls to walk for task {args.task} (an empty file, or --limit 0?)")
     check_settings(results_path, eval_settings(args), overwrite=args.overwrite)
     done: dict[str, dict] = {}
     for number, rec in enumerate(read_output(results_path), start=1):

@@ -292,6 +292,7 @@ LIVE = [
     ("a call id twice", "k0 again", 1, "call id 'k0' appears twice"),
     ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model': OSError"),
     ("bad hop", ["--hop", "0"], 2, "--hop and --chunk-s > 0"),
+    ("no calls", b"", 1, "no calls to walk for task fraud"),
 ]
 
 
@@ -299,7 +300,9 @@ LIVE = [
 def test_live_eval_bad_inputs(tmp_path, capsys, engine, case, bad, code, message):
     records = calls_records(tmp_path)
     calls = write(tmp_path / "calls.jsonl", records)
-    if isinstance(bad, bytes):
+    if bad == b"":
+        write(calls, b"")
+    elif isinstance(bad, bytes):
         write(calls, calls.read_bytes() + bad)
     elif isinstance(bad, dict):
         write(calls, [*records, bad])
