@@ -34,7 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,23 @@ from safe_qaq.audio import (
     samples_to_ms,
 )
 from safe_qaq.calls import load_calls, plan_chunks, turn_boundaries_ms
-from safe_qaq.jsonl import dumps
+from safe_qaq.engine import (
+    GREEDY,
+    Sampling,
+    add_engine_arguments,
+    engine_from_args,
+    engine_identity,
+    sampling_from_args,
+)
+from safe_qaq.jsonl import (
+    ResumeError,
+    append_records,
+    check_settings,
+    file_fingerprint,
+    os_error_message,
+    print_error,
+    read_output,
+)
 from safe_qaq.metrics import sample_from_label, task_metrics
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
@@ -260,9 +276,7 @@ def run_live(
     cache_dir: str | Path = "outputs/live_cache",
     chunk_s: float = MAX_AUDIO_SECONDS,
     batch_size: int = 8,
-    max_tokens: int = 1024,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    sampling: Sampling = GREEDY,
     on_result: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> list[dict]:
@@ -298,9 +312,7 @@ def run_live(
             ]
             for lo in range(0, len(requests), batch_size):
                 start = time.perf_counter()
-                outs = engine.generate(
-                    requests[lo : lo + batch_size], n=1, temperature=temperature, max_tokens=max_tokens, seed=seed
-                )
+                outs = engine.generate(requests[lo : lo + batch_size], n=1, **sampling.as_kwargs())
                 elapsed = time.perf_counter() - start
                 for i, texts in enumerate(outs, start=lo):
                     carried[i].append((round_task, texts[0] if texts else ""))
@@ -470,18 +482,14 @@ def calls_from_file(path: str | Path, task: str) -> list[LiveCall]:
 
 
 def _engine(args):
-    from safe_qaq.engine import make_engine
-
-    return make_engine(
-        args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url, max_batch_size=args.batch_size
-    )
+    try:
+        return engine_from_args(args, max_batch_size=args.batch_size)
+    except Exception as exc:  # a missing or broken model: one line, not a traceback
+        raise RuntimeError(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="base model path/id (or the served model name with --backend openai)")
-    p.add_argument("--adapters", nargs="*", default=None)
-    p.add_argument("--backend", choices=("pt", "vllm", "openai"), default="pt")
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint (swift deploy / vllm serve)")
+    add_engine_arguments(p, defaults=GREEDY)  # greedy: a decision should not depend on the dice
     p.add_argument("--task", choices=TASKS, default="fraud")
     p.add_argument("--threshold", type=float, default=0.8, help="decide at the first non-null label this confident")
     p.add_argument("--hop", type=float, default=5.0, help="seconds between prefixes when turn times are unknown")
@@ -491,12 +499,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-s", type=float, default=MAX_AUDIO_SECONDS, help="longest audio chunk per <audio>")
     p.add_argument("--cache-dir", default=None, help="where prefix WAVs go (default: outputs/live_cache)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
 
 
 def _run_kwargs(args) -> dict:
+    """What run_live needs from the options; everything here but batch_size changes the results."""
     return {
         "task": args.task,
         "threshold": args.threshold,
@@ -506,22 +512,44 @@ def _run_kwargs(args) -> dict:
         "max_rounds": args.max_rounds,
         "chunk_s": args.chunk_s,
         "batch_size": args.batch_size,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "seed": args.seed,
+        "sampling": sampling_from_args(args),
     }
+
+
+def _calls(args) -> list[LiveCall]:
+    """The calls of ``--calls`` for the task; a file that is not a calls file is one error line."""
+    try:
+        calls = calls_from_file(args.calls, args.task)
+    except (KeyError, TypeError, AttributeError) as exc:  # a record without the fields a call needs
+        raise ValueError(f"{args.calls}: not a calls file ({type(exc).__name__}: {exc})") from None
+    seen: set[str] = set()
+    for call in calls:
+        if not isinstance(call.audio, str) or not call.audio:
+            raise ValueError(f"{args.calls}: call {call.call_id} has no audio path")
+        if call.call_id in seen:
+            raise ValueError(f"{args.calls}: call id {call.call_id!r} appears twice; results are kept by call id")
+        seen.add(call.call_id)
+    return calls
 
 
 def cmd_call(args) -> int:
     if args.calls:
-        matches = [c for c in calls_from_file(args.calls, args.task) if c.call_id == args.call_id]
+        matches = [c for c in _calls(args) if c.call_id == args.call_id]
         if not matches:
             print(f"error: call {args.call_id!r} not in {args.calls}", file=sys.stderr)
             return 1
         call = matches[0]
     else:
+        if not Path(args.audio).is_file():
+            print(f"error: {args.audio}: no such file", file=sys.stderr)
+            return 2
         call = LiveCall(Path(args.audio).stem, args.audio)
-    result = run_live(_engine(args), [call], cache_dir=args.cache_dir or "outputs/live_cache", **_run_kwargs(args))[0]
+    kwargs = _run_kwargs(args)
+    results = run_live(_engine(args), [call], cache_dir=args.cache_dir or "outputs/live_cache", **kwargs)
+    if not results:
+        print(f"error: call {call.call_id}: its audio could not be read (see the warning above)", file=sys.stderr)
+        return 1
+    result = results[0]
     print_timeline(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -533,38 +561,61 @@ def cmd_call(args) -> int:
     return 0
 
 
+RESULTS = "live_results.jsonl"
+
+
+def eval_settings(args) -> dict:
+    """What decides ``live_results.jsonl``: the calls file's content, the model, generation and loop settings."""
+    run = _run_kwargs(args)
+    sampling = run.pop("sampling")
+    run.pop("batch_size")
+    return {
+        "tool": "safe_qaq.live eval",
+        "input": file_fingerprint(args.calls),
+        "engine": engine_identity(args),
+        "sampling": asdict(sampling),
+        "live": run,
+    }
+
+
 def cmd_eval(args) -> int:
+    """Walk a test set of calls, resumably (the contract of :mod:`safe_qaq.jsonl`), then score it."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "live_results.jsonl"
-    calls = calls_from_file(args.calls, args.task)[: args.limit]
+    results_path = out / RESULTS
+    calls = _calls(args)[: args.limit]
+    if not calls:
+        raise ValueError(f"{args.calls}: no calls to walk for task {args.task} (an empty file, or --limit 0?)")
+    check_settings(results_path, eval_settings(args), overwrite=args.overwrite)
     done: dict[str, dict] = {}
-    if results_path.exists() and not args.overwrite:
-        for line in results_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed run: that call is simply redone
-            if rec.get("task") == args.task and rec.get("threshold") == args.threshold:
-                done[rec["call_id"]] = rec
+    for number, rec in enumerate(read_output(results_path), start=1):
+        if not isinstance(rec.get("call_id"), str):
+            raise ResumeError(f"{results_path}: record {number} has no call_id; fix the file or pass --overwrite")
+        done[rec["call_id"]] = rec  # results for calls past a smaller --limit stay in the file, unused
     todo = [c for c in calls if c.call_id not in done]
-    with open(results_path, "a" if done else "w", encoding="utf-8") as f:
+    print(f"{len(calls)} calls, {len(calls) - len(todo)} already done, {len(todo)} to go")
+    if todo:
+        engine = _engine(args)
+        with open(results_path, "a", encoding="utf-8") as f:
 
-        def save(rec: dict) -> None:
-            done[rec["call_id"]] = rec
-            f.write(dumps(rec))
-            f.flush()  # a killed run keeps every finished call
+            def save(rec: dict) -> None:
+                done[rec["call_id"]] = rec
+                append_records(f, [rec])  # a killed run keeps every finished call
 
-        if todo:
-            run_live(
-                _engine(args),
-                todo,
-                cache_dir=args.cache_dir or out / "prefixes",
-                on_result=save,
-                progress=not args.quiet,
-                **_run_kwargs(args),
-            )
+            try:
+                run_live(
+                    engine,
+                    todo,
+                    cache_dir=args.cache_dir or out / "prefixes",
+                    on_result=save,
+                    progress=not args.quiet,
+                    **_run_kwargs(args),
+                )
+            except Exception as exc:  # finished calls are kept; a rerun resumes
+                raise RuntimeError(f"generation failed: {type(exc).__name__}: {exc}") from None
     results = [done[c.call_id] for c in calls if c.call_id in done]
+    missing = len(calls) - len(results)
+    if not results:
+        raise ValueError(f"{args.calls}: no call could be walked (unreadable audio, see the warnings above)")
     metrics = live_metrics(results)
     (out / "live_metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
     table = live_markdown(metrics, args.name or Path(args.model.rstrip("/")).name)
@@ -574,6 +625,10 @@ def cmd_eval(args) -> int:
     live_curve_png(metrics, out / "live_curve.png")
     print(table)
     print(f"\nwrote {out}/live_results.jsonl, live_metrics.json, live_metrics.md, live_curve.png")
+    if missing:
+        lost = f"{missing} of {len(calls)} calls have no result (warned above)"
+        print(f"error: {lost}; they are not in the metrics, and a rerun retries them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -597,11 +652,24 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "call":
-        if args.calls and not args.call_id:
-            parser.error("--calls needs --call-id")
-        return cmd_call(args)
-    return cmd_eval(args)
+    if args.command == "call" and args.calls and not args.call_id:
+        parser.error("--calls needs --call-id")
+    if args.batch_size < 1 or args.hop <= 0 or args.chunk_s <= 0 or (args.max_rounds or 1) < 1:
+        parser.error("--batch-size and --max-rounds must be >= 1, --hop and --chunk-s > 0")
+    if getattr(args, "limit", None) is not None and args.limit < 0:
+        parser.error("--limit must be >= 0")
+    try:
+        sampling_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return cmd_call(args) if args.command == "call" else cmd_eval(args)
+    except (ValueError, RuntimeError) as exc:  # bad calls, a refused resume, a failed model or generation
+        print_error(exc)
+        return 1
+    except OSError as exc:
+        print_error(os_error_message(exc))
+        return 2
 
 
 if __name__ == "__main__":

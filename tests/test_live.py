@@ -36,8 +36,10 @@ class ScriptedModel:
         self.label, self.decide_after_s, self.conf, self.early_conf = label, decide_after_s, conf, early_conf
         self.garbage_before = garbage_before
         self.requests: list[dict] = []
+        self.sampling: list[dict] = []
 
-    def generate(self, rows, *, n=1, temperature=0.0, top_p=1.0, top_k=-1, max_tokens=512, seed=None):
+    def generate(self, rows, *, n=1, **sampling):
+        self.sampling.append(sampling)
         out = []
         for row in rows:
             self.requests.append(row)
