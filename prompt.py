@@ -24,7 +24,7 @@ import json
 from collections.abc import Sequence
 
 # ---------------------------------------------------------------------------
-# Labels (exact strings; SPEC §1)
+# Labels (exact strings; docs/method.md#tasks-and-labels)
 # ---------------------------------------------------------------------------
 
 SCENES: tuple[str, ...] = ("订餐服务", "咨询客服", "预约服务", "交通咨询", "日常购物", "打车服务", "外卖服务")

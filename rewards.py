@@ -1,6 +1,7 @@
 """SAFE-QAQ reward functions: an ms-swift 4.x reward plugin.
 
 Use with ``swift rlhf --rlhf_type grpo --external_plugins rewards.py --reward_funcs NAME ...``.
+The formulas, with worked examples, are explained in docs/method.md#rewards.
 ms-swift builds each class as ``cls(args=GRPOConfig)`` and calls it with ``completions``,
 ``messages`` and every extra dataset column as keyword lists.  These rewards read:
 
@@ -191,7 +192,8 @@ class RewardLog:
         with self._lock:
             if self._file is None:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open on purpose
+                # errors="replace": a completion may hold a lone surrogate, which strict UTF-8 cannot write
+                self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - kept open
             self._file.write(text)
             self._file.flush()
 
@@ -290,7 +292,10 @@ class SafeQaqReward(ORM):
             scores.append(value)
             if logging_on:
                 records.append(self._record(i, text, golds[i], stages[i], value, state))
-        log.write(records)
+        try:
+            log.write(records)
+        except Exception as exc:  # a full disk must not take the trainer down either
+            self._warn(f"reward log not written: {type(exc).__name__}: {exc}")
         return scores
 
     def _gold_of_row(self, resolved: dict, gold: Any, stage: Any, task: Any) -> tuple[str | None, str | None, str]:

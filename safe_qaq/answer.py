@@ -4,7 +4,7 @@ A completion is expected to look like::
 
     <think>reasoning</think> <answer>```json {"is_fraud": true, "reason": "...", "confidence": 0.9} ```</answer>
 
-What is extracted (SPEC §2):
+What is extracted (docs/method.md#what-the-parser-reads):
 
 * ``tags_ok`` -- ``<think>…</think>``, then only whitespace, then ``<answer>…</answer>``,
   anywhere in the text (what ``re.search(r"<think>.*?</think>\\s*<answer>.*?</answer>", s, re.S)``
@@ -280,7 +280,7 @@ def parse_answer(text: str) -> ParsedAnswer:
 
 
 class Verdict(enum.Enum):
-    """How an answer's label compares with the gold label (SPEC §2, accuracy)."""
+    """How an answer's label compares with the gold label (docs/method.md#correctness)."""
 
     CORRECT = "correct"  # label equals gold
     NULL_EARLY = "null_early"  # explicit null while the gold stage is early_stage

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prompt import question_of
+from prompt import AUDIO_TAG, question_of
 
 BACKENDS = ("pt", "vllm", "openai")
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,26 @@ class Sampling:
         """Keyword arguments of :meth:`Engine.generate`."""
         return asdict(self)
 
+    def problem(self) -> str | None:
+        """Why these settings cannot be used, or None (checked before a model is loaded)."""
+        if not self.temperature >= 0:
+            return f"--temperature must be >= 0, got {self.temperature}"
+        if not 0 < self.top_p <= 1:
+            return f"--top-p must be in (0, 1], got {self.top_p}"
+        if self.top_k == 0 or self.top_k < -1:
+            return f"--top-k must be -1 (off) or >= 1, got {self.top_k}"
+        if not self.repetition_penalty > 0:
+            return f"--repetition-penalty must be > 0, got {self.repetition_penalty}"
+        if self.max_tokens < 1:
+            return f"--max-tokens must be >= 1, got {self.max_tokens}"
+        return None
+
+
+GREEDY = Sampling()
+
 
 def add_engine_arguments(
-    parser: argparse.ArgumentParser, *, defaults: Sampling = Sampling(), model_required: bool = True
+    parser: argparse.ArgumentParser, *, defaults: Sampling = GREEDY, model_required: bool = True
 ) -> None:
     """The model/engine and generation options every generating CLI shares (one definition)."""
     engine = parser.add_argument_group("model and engine")
@@ -62,11 +81,12 @@ def add_engine_arguments(
     gen.add_argument("--top-k", type=int, default=defaults.top_k, help="-1 = off")
     gen.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
     gen.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="longest completion")
-    gen.add_argument("--seed", type=int, default=defaults.seed)
+    gen.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (none: unseeded)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
-    return Sampling(
+    """The :class:`Sampling` of parsed :func:`add_engine_arguments` options (checked)."""
+    sampling = Sampling(
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -74,12 +94,88 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
         max_tokens=args.max_tokens,
         seed=args.seed,
     )
+    problem = sampling.problem()
+    if problem:
+        raise ValueError(problem)
+    return sampling
 
 
 def engine_from_args(args: argparse.Namespace, *, max_batch_size: int = 8) -> Engine:
     return make_engine(
         args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url, max_batch_size=max_batch_size
     )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def model_fingerprint(model: str | None) -> list[list[Any]] | None:
+    """Names, sizes and mtimes of a local model's (or adapter's) weight files: a retrained model is another model.
+
+    Sizes and mtimes rather than a hash: hashing 15 GB of weights on every run would cost more
+    than it protects; retraining into the same folder rewrites the files and so their mtimes.
+    None for a hub id or a served model name (nothing local to look at).
+    """
+    folder = Path(model) if model else None
+    if folder is None or not folder.is_dir():
+        return None
+    return [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.suffix in WEIGHT_SUFFIXES
+    ]
+
+
+def _where(model: str | None) -> str | None:
+    """A local path made absolute (so ``./m`` and ``/abs/m`` are one model); a hub id or served name as given."""
+    return str(Path(model).resolve()) if model and Path(model).exists() else model
+
+
+def engine_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What generates: backend, model and adapters with their weight fingerprints, the endpoint.
+
+    Part of every resumable output's settings, so a run never mixes two models' answers.
+    """
+    adapters = list(args.adapters or [])
+    return {
+        "backend": args.backend,
+        "model": _where(args.model),
+        "model_weights": model_fingerprint(args.model),
+        "adapters": [{"path": _where(a), "weights": model_fingerprint(a)} for a in adapters],
+        "base_url": (args.base_url or DEFAULT_BASE_URL) if args.backend == "openai" else None,
+    }
+
+
+def request_problem(row: Any, *, local_audio: bool = True) -> str | None:
+    """Why a row cannot be sent to :meth:`Engine.generate`, or None.
+
+    ``messages`` must be a list of ``{role, content}`` strings ending (before any assistant
+    answer) in a user turn, with one ``<audio>`` tag per entry of ``audios`` (a list of strings).
+    With ``local_audio`` (the ``pt``/``vllm`` backends) every audio that is not a URL must exist.
+    Checked before a model is loaded, so a bad row costs a message, not a failed run.
+    """
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return "'messages' is missing or not a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not all(isinstance(message.get(k), str) for k in ("role", "content")):
+            return f"'messages'[{i}] is not an object with string 'role' and 'content'"
+    question = question_of(messages)
+    if not question or question[-1]["role"] != "user":
+        return "'messages' has no user turn to answer"
+    audios = row.get("audios")
+    if audios is None:
+        audios = []
+    if not isinstance(audios, list) or not all(isinstance(a, str) and a for a in audios):
+        return "'audios' is not a list of paths"
+    tags = sum(m["content"].count(AUDIO_TAG) for m in question)
+    if tags != len(audios):
+        return f"{tags} {AUDIO_TAG} tag(s) in 'messages' for {len(audios)} audio(s)"
+    if local_audio:
+        for audio in audios:
+            if "://" not in audio and not audio.startswith("data:") and not Path(audio).is_file():
+                return f"audio {audio} does not exist"
+    return None
 
 
 @dataclass
@@ -186,6 +282,6 @@ def make_engine(
 
         if adapters:
             raise ValueError("the openai backend uses whatever the server serves; pass --adapters to the server")
-        client = InferClient(base_url=base_url or "http://127.0.0.1:8000/v1", api_key=api_key)
+        client = InferClient(base_url=base_url or DEFAULT_BASE_URL, api_key=api_key)
         return Engine(backend, client, model or client.models[0])
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")

@@ -10,11 +10,15 @@ Predictions mode -- score what is already there (ours, or any file whose records
 
     python -m safe_qaq.evaluate --predictions outputs/eval/NAME/predictions.jsonl --out outputs/eval/NAME
 
-Writes to ``--out``: ``predictions.jsonl`` (one record per row, appended as batches finish,
-so an interrupted run resumes where it stopped), ``metrics.json``, ``metrics.md`` and
-``confusion_<task>.png``.  When the data directory holds ``calls_train.jsonl`` and
-``calls_test.jsonl`` the transcript floor (:mod:`safe_qaq.floor`) is scored on the same
-(call, task) pairs and printed beside the model.
+Writes to ``--out``: ``predictions.jsonl`` (one record per row, appended as batches finish),
+``metrics.json``, ``metrics.md`` and ``confusion_<task>.png``.  Rerunning the same command
+resumes an interrupted run; the data file's content, the model and the generation settings are
+kept in ``predictions.jsonl.meta.json`` and a run with others is refused, naming them
+(``--overwrite`` starts again; see :mod:`safe_qaq.jsonl`).  A smaller ``--limit`` scores the
+predictions already there, a larger one continues.
+
+When the data directory holds ``calls_train.jsonl`` and ``calls_test.jsonl`` the transcript
+floor (:mod:`safe_qaq.floor`) is scored on the same (call, task) pairs and printed beside the model.
 
 Per-sample latency is the wall time of the ``generate`` call that produced the sample;
 with ``--batch-size 1`` that is the request latency the paper reports.
@@ -25,16 +29,37 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from prompt import question_of
 from safe_qaq.answer import GoldError, resolve_stage, resolve_task
+from safe_qaq.engine import (
+    GREEDY,
+    Sampling,
+    add_engine_arguments,
+    engine_from_args,
+    engine_identity,
+    request_problem,
+    sampling_from_args,
+)
 from safe_qaq.floor import floor_report
-from safe_qaq.jsonl import dumps, read_jsonl
+from safe_qaq.jsonl import (
+    JsonlError,
+    ResumeError,
+    append_records,
+    check_settings,
+    file_fingerprint,
+    iter_lines,
+    os_error_message,
+    print_error,
+    read_output,
+    read_rows,
+)
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_text
 
 PREDICTIONS = "predictions.jsonl"
@@ -56,24 +81,24 @@ def _batched(items: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(items[i : i + size])
 
 
-def load_predictions(path: Path) -> list[dict]:
-    """Records of a predictions file; a truncated last line (killed mid-write) is dropped and the file repaired."""
-    if not path.exists():
-        return []
-    records, bad = [], 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            bad += 1
-    if bad:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(dumps(r) for r in records), encoding="utf-8")
-        os.replace(tmp, path)
-    return records
+def resume_predictions(path: Path, rows: Sequence[dict]) -> dict[int, dict]:
+    """Predictions already in ``path`` for ``rows``, by row index (a torn last line is cut off first).
+
+    Records for rows past a smaller ``--limit`` stay in the file and are simply not used.  A
+    record whose fingerprint is not its row's means the file holds other data: refused.
+    """
+    done: dict[int, dict] = {}
+    for number, rec in enumerate(read_output(path), start=1):
+        i = rec.get("index")
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ResumeError(f"{path}: record {number} has no row index; use another --out or --overwrite")
+        if i < len(rows):
+            if rec.get("key") != row_key(rows[i]):
+                raise ResumeError(
+                    f"{path} holds predictions for other data (row {i}); use another --out or --overwrite"
+                )
+            done[i] = rec
+    return done
 
 
 def generate_predictions(
@@ -82,24 +107,18 @@ def generate_predictions(
     out_path: Path,
     *,
     batch_size: int = 8,
-    max_tokens: int = 1024,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    sampling: Sampling = GREEDY,
     progress: bool = True,
+    done: dict[int, dict] | None = None,
 ) -> list[dict]:
     """Run ``engine.generate`` over ``rows``, appending one record per row to ``out_path``.
 
-    Rows already in ``out_path`` (same index and fingerprint) are skipped: rerunning the
-    same command resumes.  Returns the records in row order.
+    Rows already in ``out_path`` (``done``, read by :func:`resume_predictions` when not given)
+    are skipped: rerunning the same command resumes.  Returns the records in row order.
     """
     from tqdm import tqdm
 
-    done: dict[int, dict] = {}
-    for rec in load_predictions(out_path):
-        i = rec.get("index")
-        if not isinstance(i, int) or i >= len(rows) or rec.get("key") != row_key(rows[i]):
-            raise ValueError(f"{out_path} holds predictions for other data (row {i}); use another --out or --overwrite")
-        done[i] = rec
+    done = dict(resume_predictions(out_path, rows) if done is None else done)
     todo = [i for i in range(len(rows)) if i not in done]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -108,12 +127,11 @@ def generate_predictions(
     ):
         for chunk in _batched(todo, batch_size):
             start = time.perf_counter()
-            outputs = engine.generate(
-                [prompt_of(rows[i]) for i in chunk], n=1, temperature=temperature, max_tokens=max_tokens, seed=seed
-            )
+            outputs = engine.generate([prompt_of(rows[i]) for i in chunk], n=1, **sampling.as_kwargs())
             elapsed = time.perf_counter() - start
             if len(outputs) != len(chunk):
                 raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(chunk)} rows")
+            batch = []
             for i, texts in zip(chunk, outputs, strict=True):
                 row = rows[i]
                 rec = {
@@ -129,10 +147,33 @@ def generate_predictions(
                     "audios": row.get("audios"),
                 }
                 done[i] = rec
-                f.write(dumps(rec))
-            f.flush()  # a killed run loses at most the batch in flight
+                batch.append(rec)
+            append_records(f, batch)  # a killed run loses at most the batch in flight
             bar.update(len(chunk))
     return [done[i] for i in range(len(rows))]
+
+
+def prediction_problem(rec: dict[str, Any]) -> str | None:
+    """Why a predictions-file record cannot be scored at all, or None (an unknown gold is a warning, later)."""
+    if "prediction" not in rec:
+        return "no 'prediction' (the model's raw answer text)"
+    if rec["prediction"] is not None and not isinstance(rec["prediction"], str):
+        return f"'prediction' must be the answer text (a string), not a {type(rec['prediction']).__name__}"
+    if "answer" not in rec:
+        return "no 'answer' (the gold label)"
+    return None
+
+
+def load_prediction_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """The scorable records of a predictions file, and one message per line that is not (file:line: why)."""
+    records, problems = [], []
+    for number, rec in iter_lines(path):
+        problem = str(rec) if isinstance(rec, JsonlError) else prediction_problem(rec)
+        if problem is None:
+            records.append(rec)
+        else:
+            problems.append(problem if isinstance(rec, JsonlError) else f"{path}:{number}: {problem}")
+    return records, problems
 
 
 def score_predictions(records: Sequence[dict]) -> tuple[list[Sample], int]:
@@ -225,21 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m safe_qaq.evaluate",
         description="Score a model or a predictions file: weighted F1 per task, format failures, think length.",
     )
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="base model path/id (generate predictions)")
-    src.add_argument("--predictions", help="score an existing predictions jsonl (records with prediction + answer)")
-    parser.add_argument("--adapters", nargs="*", default=None, help="LoRA adapter checkpoint(s)")
-    parser.add_argument("--backend", choices=("pt", "vllm", "openai"), default="pt")
-    parser.add_argument(
-        "--base-url", help="OpenAI-compatible endpoint for --backend openai (swift deploy / vllm serve)"
-    )
+    # greedy by default: the published figures (and their latency) are greedy
+    add_engine_arguments(parser, defaults=GREEDY, model_required=False)
+    parser.add_argument("--predictions", help="score an existing predictions jsonl (records with prediction + answer)")
     parser.add_argument("--data", help="prompt rows jsonl (e.g. data/prepared/offline_test.jsonl)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--name", help="system name in the tables (default: from the model/adapter path)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the published latency)")
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N rows only (a quick look)")
     parser.add_argument("--overwrite", action="store_true", help="discard predictions already in --out")
     parser.add_argument("--calls-train", help="train calls for the transcript floor (default: beside --data)")
@@ -250,38 +283,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if args.model and not args.data:
-        print("error: --model needs --data", file=sys.stderr)
-        return 2
-    if args.model:
-        rows = read_jsonl(args.data)[: args.limit]
-        pred_path = out / PREDICTIONS
-        if args.overwrite and pred_path.exists():
-            pred_path.unlink()
-        from safe_qaq.engine import make_engine
+def settings_of(args: argparse.Namespace, sampling: Sampling) -> dict[str, Any]:
+    """What decides the predictions: the data's content, the model, the generation settings."""
+    return {
+        "tool": "safe_qaq.evaluate",
+        "input": file_fingerprint(args.data),
+        "engine": engine_identity(args),
+        "sampling": asdict(sampling),
+    }
 
-        engine = make_engine(
-            args.model,
-            adapters=args.adapters,
-            backend=args.backend,
-            base_url=args.base_url,
-            max_batch_size=args.batch_size,
-        )
-        records = generate_predictions(
-            engine,
-            rows,
-            pred_path,
-            batch_size=args.batch_size,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.model) == bool(args.predictions):
+        parser.error("give one of --model (generate, then score) or --predictions (score a file)")
+    if args.model and not args.data:
+        parser.error("--model needs --data")
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
+        parser.error("--batch-size must be >= 1 and --limit >= 0")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return _run(args, sampling)
+    except (ValueError, RuntimeError) as exc:  # bad rows, a refused resume, a failed generation
+        print_error(exc)
+        return 1
+    except OSError as exc:
+        print_error(os_error_message(exc))
+        return 2
+
+
+def _run(args: argparse.Namespace, sampling: Sampling) -> int:
+    out = Path(args.out)
+    problems: list[str] = []
+    if args.model:
+        local = args.backend != "openai"
+        rows = [row for _, row in read_rows(args.data, lambda row: request_problem(row, local_audio=local))]
+        rows = rows[: args.limit]
+        pred_path = out / PREDICTIONS
+        check_settings(pred_path, settings_of(args, sampling), overwrite=args.overwrite)
+        done = resume_predictions(pred_path, rows)
+        engine = None
+        if len(done) < len(rows):
+            try:
+                engine = engine_from_args(args, max_batch_size=args.batch_size)
+            except Exception as exc:  # a missing or broken model: one line, not a traceback
+                raise RuntimeError(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}") from None
+        try:
+            records = generate_predictions(
+                engine,
+                rows,
+                pred_path,
+                batch_size=args.batch_size,
+                sampling=sampling,
+                progress=not args.quiet,
+                done=done,
+            )
+        except Exception as exc:  # what finished is kept in predictions.jsonl; a rerun resumes
+            raise RuntimeError(f"generation failed: {type(exc).__name__}: {exc}") from None
     else:
-        records = read_jsonl(args.predictions)[: args.limit]
+        records, problems = load_prediction_records(args.predictions)
+        records = records[: args.limit]
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
 
     floor_calls = None
     if not args.no_floor:
@@ -289,15 +356,15 @@ def main(argv: list[str] | None = None) -> int:
             floor_calls = (Path(args.calls_train), Path(args.calls_test))
         elif args.data:
             floor_calls = find_floor_calls(Path(args.data))
-    try:
-        reports = evaluate(records, out, system=_system_name(args), floor_calls=floor_calls, plots=not args.no_plots)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    reports = evaluate(records, out, system=_system_name(args), floor_calls=floor_calls, plots=not args.no_plots)
     print(markdown_table(reports))
     if len(reports) == 1 and not args.no_floor:
         print("(transcript floor not shown: pass --calls-train/--calls-test)")
     print(f"\nwrote {out}/metrics.json, metrics.md" + ("" if args.no_plots else ", confusion_*.png"))
+    if problems:
+        rejected = f"{len(problems)} line(s) rejected (listed above)"
+        print(f"error: {args.predictions}: {rejected}; the other records were scored", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,46 +24,16 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from prompt import FRAUD, TASK_LABELS, TASKS
-from safe_qaq.jsonl import read_jsonl
+from prompt import TASKS
+from safe_qaq.calls import Call, load_calls
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_label
 
 SYSTEM = "floor: char n-gram TF-IDF + LR (transcript)"
 
 
-def load_calls(path: str | Path) -> list[dict]:
-    """Call records (metadata format) with ``audio`` resolved to a path that exists when possible.
-
-    ``audio`` is relative to the file that lists it; an absolute path, or one relative to
-    the working directory, is accepted as well.
-    """
-    path = Path(path)
-    calls = read_jsonl(path)
-    for call in calls:
-        audio = call.get("audio")
-        if audio:
-            candidate = path.parent / audio
-            if not Path(audio).is_absolute() and (candidate.exists() or not Path(audio).exists()):
-                call["audio"] = str(candidate)
-    return calls
-
-
-def call_gold(call: dict, task: str) -> str | None:
-    """The call's gold label for a task, or None when the task does not apply / the label is unknown."""
-    if task == "scene":
-        gold = call.get("scene")
-    elif task == "fraud":
-        gold = call.get("label")
-    elif task == "fraud_type":
-        gold = call.get("fraud_type") if call.get("label") == FRAUD else None
-    else:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return gold if gold in TASK_LABELS[task] else None
-
-
-def transcript(call: dict) -> str:
+def transcript(call: Call) -> str:
     """The call's words in order (speaker names left out: they would leak the synthesis template)."""
-    return "\n".join(str(turn.get("text", "")) for turn in call.get("turns") or [])
+    return "\n".join(str(turn.get("text", "")) for turn in call.turns or [])
 
 
 class _Constant:
@@ -96,8 +66,8 @@ def fit(texts: Sequence[str], labels: Sequence[str], *, c: float = 10.0, seed: i
 
 
 def floor_samples(
-    train_calls: Sequence[dict],
-    test_calls: Sequence[dict],
+    train_calls: Sequence[Call],
+    test_calls: Sequence[Call],
     *,
     keep: Collection[tuple[str, str]] | None = None,
     c: float = 10.0,
@@ -109,18 +79,18 @@ def floor_samples(
     """
     samples: list[Sample] = []
     for task in TASKS:
-        train = [(transcript(c_), g) for c_ in train_calls if (g := call_gold(c_, task)) is not None]
+        train = [(transcript(c_), g) for c_ in train_calls if (g := c_.gold(task)) is not None]
         test = [
             (c_, g)
             for c_ in test_calls
-            if (g := call_gold(c_, task)) is not None and (keep is None or (str(c_.get("id")), task) in keep)
+            if (g := c_.gold(task)) is not None and (keep is None or (c_.call_id, task) in keep)
         ]
         if not train or not test:
             continue
         model = fit([t for t, _ in train], [g for _, g in train], c=c)
         preds = model.predict([transcript(c_) for c_, _ in test])
         samples += [
-            sample_from_label(task, gold, str(pred), call_id=str(call.get("id")))
+            sample_from_label(task, gold, str(pred), call_id=call.call_id)
             for (call, gold), pred in zip(test, preds, strict=True)
         ]
     return samples
@@ -139,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="directory for metrics.json, metrics.md and confusion PNGs")
     parser.add_argument("--C", type=float, default=10.0, dest="c", help="inverse regularisation strength")
     args = parser.parse_args(argv)
-    rep = floor_report(args.calls_train, args.calls_test, c=args.c)
+    try:
+        rep = floor_report(args.calls_train, args.calls_test, c=args.c)
+    except (OSError, ValueError) as exc:  # a missing file, or a row naming its file and line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not rep["tasks"]:
         print("error: no test call carries a known label", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Live-call inference: decide on a call while it is still going (SPEC §4).
+"""Live-call inference: decide on a call while it is still going (docs/method.md#live-inference).
 
 The call is fed to the model as growing prefixes -- at each turn end when the turn times
 are known, else every ``--hop`` seconds -- with the real-time prompt.  A prefix whose
@@ -29,13 +29,12 @@ them, and cached as FLAC files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +43,33 @@ from prompt import FRAUD, NORMAL, TASKS, build_messages
 from safe_qaq.answer import parse_answer
 from safe_qaq.audio import (
     MAX_AUDIO_SECONDS,
+    MAX_AUDIOS_PER_ROW,
     SAMPLE_RATE,
     AudioError,
-    cached_ok,
-    chunk_bounds,
+    chunk_dir,
+    cut_chunks,
     decode,
-    ms_to_samples,
-    write_flac,
+    samples_to_ms,
 )
-from safe_qaq.floor import call_gold, load_calls
-from safe_qaq.jsonl import dumps
+from safe_qaq.calls import load_calls, plan_chunks, turn_boundaries_ms
+from safe_qaq.engine import (
+    GREEDY,
+    Sampling,
+    add_engine_arguments,
+    engine_from_args,
+    engine_identity,
+    sampling_from_args,
+)
+from safe_qaq.jsonl import (
+    ResumeError,
+    append_records,
+    check_settings,
+    file_fingerprint,
+    os_error_message,
+    print_error,
+    read_output,
+)
 from safe_qaq.metrics import sample_from_label, task_metrics
-from safe_qaq.prepare import turn_boundaries_ms
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -68,9 +82,11 @@ DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 class PrefixCutter:
     """Cuts ``[0, end)`` of a call into chunks of at most ``chunk_s`` under ``cache_dir``.
 
-    Chunks are cut the way data preparation cuts them (:func:`safe_qaq.audio.chunk_bounds`,
-    preferring pauses between turns), and named by their bounds: every prefix of a call
-    shares its leading chunks, which are written once and reused across runs.
+    The pieces are planned (:func:`safe_qaq.calls.plan_chunks`, splitting in pauses between
+    turns) and cut (:func:`safe_qaq.audio.cut_chunks`) by the functions data preparation uses,
+    so a prefix is sent as exactly the chunks training saw; a whole call that fits one chunk is
+    sent as its original file, as in training.  Every prefix of a call shares its leading
+    chunks, which are written once and reused across runs.
     """
 
     def __init__(self, cache_dir: str | Path, chunk_s: float = MAX_AUDIO_SECONDS):
@@ -79,6 +95,7 @@ class PrefixCutter:
         self.cache_dir = Path(cache_dir)
         self.chunk_ms = round(chunk_s * 1000)
         self._audio: dict[str, np.ndarray] = {}
+        self._made: dict[str, str] = {}  # chunk files this run already holds
 
     def audio(self, path: str | Path) -> np.ndarray:
         key = str(Path(path).resolve())
@@ -91,45 +108,45 @@ class PrefixCutter:
     def duration(self, path: str | Path) -> float:
         return len(self.audio(path)) / SAMPLE_RATE
 
-    def prefix(self, path: str | Path, end_s: float, split_points_s: Sequence[float] = ()) -> list[str]:
+    def duration_ms(self, path: str | Path) -> int:
+        return samples_to_ms(len(self.audio(path)))
+
+    def chunks(self, end_ms: int, split_points_ms: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """The ``[start, end)`` ms pieces the prefix ``[0, end_ms)`` is sent as."""
+        return plan_chunks(end_ms, split_points_ms, chunk_ms=self.chunk_ms)
+
+    def prefix_ms(self, path: str | Path, end_ms: int, split_points_ms: Sequence[int] = ()) -> list[str]:
         wav = self.audio(path)
-        end_ms = max(1, min(round(end_s * 1000), len(wav) * 1000 // SAMPLE_RATE))
-        points = [round(p * 1000) for p in split_points_s]
-        src = Path(path)
-        tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
-        paths = []
-        for start, stop in chunk_bounds(end_ms, points, chunk_ms=self.chunk_ms):
-            out = self.cache_dir / f"{src.stem}-{tag}-{start:07d}-{stop:07d}ms.flac"
-            lo, hi = ms_to_samples(start), ms_to_samples(stop)
-            if not cached_ok(out, hi - lo):
-                write_flac(out, wav[lo:hi])
-            paths.append(str(out))
-        return paths
+        end_ms = max(1, min(end_ms, samples_to_ms(len(wav))))
+        folder = chunk_dir(self.cache_dir, Path(path).stem, path)
+        return cut_chunks(wav, self.chunks(end_ms, split_points_ms), folder, source=path, made=self._made)
+
+    def prefix(self, path: str | Path, end_s: float, split_points_s: Sequence[float] = ()) -> list[str]:
+        return self.prefix_ms(path, round(end_s * 1000), [round(p * 1000) for p in split_points_s])
 
 
-def turn_boundaries(turns: Sequence[dict] | None, duration_s: float) -> list[float]:
-    """Cut points between turns (the middle of each pause): where data preparation cuts prefixes and chunks."""
-    timed = [t for t in turns or () if all(isinstance(t.get(k), (int, float)) for k in ("start", "end"))]
-    timed.sort(key=lambda t: t["start"])
-    return [ms / 1000 for ms in turn_boundaries_ms(timed, round(duration_s * 1000))]
+def _prefix_ends_ms(duration_ms: int, *, hop_s: float, boundaries_ms: Sequence[int] | None) -> list[int]:
+    if duration_ms <= 0:
+        raise ValueError(f"duration must be positive, got {duration_ms} ms")
+    if boundaries_ms is not None:
+        ends = list(boundaries_ms)
+    else:
+        hop_ms = round(hop_s * 1000)
+        if hop_ms <= 0:
+            raise ValueError(f"hop must be positive, got {hop_s}")
+        ends = [hop_ms * k for k in range(1, math.ceil(duration_ms / hop_ms))]
+    return [*sorted({e for e in ends if 0 < e < duration_ms}), duration_ms]
 
 
 def prefix_ends(duration_s: float, *, hop_s: float = 5.0, turns: Sequence[dict] | None = None) -> list[float]:
-    """Where the prefixes end; always the whole call last.
+    """Where the prefixes end, in seconds; always the whole call last.
 
-    With ``turns``: after each turn, in the pause before the next one (as the real-time
-    training rows are cut); otherwise every ``hop_s`` seconds.
+    With ``turns``: after each turn, in the pause before the next one (where data preparation
+    cuts the real-time training rows); otherwise every ``hop_s`` seconds.
     """
-    if duration_s <= 0:
-        raise ValueError(f"duration must be positive, got {duration_s}")
-    if turns:
-        ends = turn_boundaries(turns, duration_s)
-    else:
-        if hop_s <= 0:
-            raise ValueError(f"hop must be positive, got {hop_s}")
-        ends = [hop_s * k for k in range(1, math.ceil(duration_s / hop_s))]
-    ends = [e for e in ends if 0 < e < duration_s - 1e-3]
-    return [*sorted({round(e, 3) for e in ends}), round(duration_s, 3)]
+    duration_ms = round(duration_s * 1000)
+    boundaries = turn_boundaries_ms(turns, duration_ms) if turns else None
+    return [ms / 1000 for ms in _prefix_ends_ms(duration_ms, hop_s=hop_s, boundaries_ms=boundaries)]
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +197,10 @@ class LiveCall:
 @dataclass
 class _State:
     call: LiveCall
-    ends: list[float]
+    ends: list[float]  # seconds, as reported
     duration: float
-    splits: list[float] = field(default_factory=list)
+    ends_ms: list[int] = field(default_factory=list)
+    splits_ms: list[int] = field(default_factory=list)  # the call's pauses: where its chunks split
     next: int = 0
     steps: list[dict] = field(default_factory=list)
     done: bool = False
@@ -218,6 +236,33 @@ def _result(state: _State, task: str, threshold: float) -> dict:
     }
 
 
+def _state_of(call: LiveCall, cutter: PrefixCutter, *, hop_s: float, use_turns: bool) -> _State | None:
+    """The prefixes to walk for one call, or None (warned about) when its audio cannot be used.
+
+    Chunks always split in the call's pauses, as training's did, also when ``use_turns`` is off
+    and the prefixes end every ``hop_s``.  Prefixes needing more than ``MAX_AUDIOS_PER_ROW``
+    chunks are not sent: no training row holds more, and the engines refuse them.
+    """
+    try:
+        duration_ms = cutter.duration_ms(call.audio)
+    except AudioError as exc:  # one unreadable file should not sink a test set
+        print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
+        return None
+    splits = turn_boundaries_ms(call.turns, duration_ms)
+    ends = _prefix_ends_ms(duration_ms, hop_s=hop_s, boundaries_ms=splits if use_turns and call.turns else None)
+    fitting = [e for e in ends if len(cutter.chunks(e, splits)) <= MAX_AUDIOS_PER_ROW]
+    if len(fitting) < len(ends):
+        heard = f"the first {fitting[-1] / 1000:.1f} s" if fitting else "nothing"
+        print(
+            f"warning: call {call.call_id} ({duration_ms / 1000:.1f} s) needs more than {MAX_AUDIOS_PER_ROW} "
+            f"chunks of at most {cutter.chunk_ms / 1000:g} s; sending {heard} of it",
+            file=sys.stderr,
+        )
+        if not fitting:
+            return None
+    return _State(call, [e / 1000 for e in fitting], duration_ms / 1000, ends_ms=fitting, splits_ms=splits)
+
+
 def run_live(
     engine,
     calls: Sequence[LiveCall],
@@ -231,9 +276,7 @@ def run_live(
     cache_dir: str | Path = "outputs/live_cache",
     chunk_s: float = MAX_AUDIO_SECONDS,
     batch_size: int = 8,
-    max_tokens: int = 1024,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    sampling: Sampling = GREEDY,
     on_result: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> list[dict]:
@@ -250,18 +293,13 @@ def run_live(
     cutter = PrefixCutter(cache_dir, chunk_s)
     states = []
     for call in calls:
-        try:
-            duration = cutter.duration(call.audio)
-        except AudioError as exc:  # one unreadable file should not sink a test set
-            print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
-            continue
-        states.append(
-            _State(call, prefix_ends(duration, hop_s=hop_s, turns=call.turns if use_turns else None), duration)
-        )
+        state = _state_of(call, cutter, hop_s=hop_s, use_turns=use_turns)
+        if state is not None:
+            states.append(state)
     bar = tqdm(total=len(states), desc="live", unit="call", disable=not progress)
     active = list(states)
     while active:
-        audios = [cutter.prefix(s.call.audio, s.ends[s.next], s.splits) for s in active]
+        audios = [cutter.prefix_ms(s.call.audio, s.ends_ms[s.next], s.splits_ms) for s in active]
         carried: list[list[tuple[str, str]]] = [[] for _ in active]
         latency = [0.0] * len(active)
         for round_task in chain:
@@ -274,9 +312,7 @@ def run_live(
             ]
             for lo in range(0, len(requests), batch_size):
                 start = time.perf_counter()
-                outs = engine.generate(
-                    requests[lo : lo + batch_size], n=1, temperature=temperature, max_tokens=max_tokens, seed=seed
-                )
+                outs = engine.generate(requests[lo : lo + batch_size], n=1, **sampling.as_kwargs())
                 elapsed = time.perf_counter() - start
                 for i, texts in enumerate(outs, start=lo):
                     carried[i].append((round_task, texts[0] if texts else ""))
@@ -438,26 +474,22 @@ def calls_from_file(path: str | Path, task: str) -> list[LiveCall]:
     """LiveCalls of a metadata-format jsonl, less the calls the task does not apply to (types of normal calls)."""
     out = []
     for call in load_calls(path):
-        gold = call_gold(call, task)
+        gold = call.gold(task)
         if task == "fraud_type" and gold is None:
             continue
-        out.append(LiveCall(str(call.get("id")), call["audio"], call.get("turns") or None, gold))
+        out.append(LiveCall(call.call_id, call.audio, call.turns, gold))
     return out
 
 
 def _engine(args):
-    from safe_qaq.engine import make_engine
-
-    return make_engine(
-        args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url, max_batch_size=args.batch_size
-    )
+    try:
+        return engine_from_args(args, max_batch_size=args.batch_size)
+    except Exception as exc:  # a missing or broken model: one line, not a traceback
+        raise RuntimeError(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="base model path/id (or the served model name with --backend openai)")
-    p.add_argument("--adapters", nargs="*", default=None)
-    p.add_argument("--backend", choices=("pt", "vllm", "openai"), default="pt")
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint (swift deploy / vllm serve)")
+    add_engine_arguments(p, defaults=GREEDY)  # greedy: a decision should not depend on the dice
     p.add_argument("--task", choices=TASKS, default="fraud")
     p.add_argument("--threshold", type=float, default=0.8, help="decide at the first non-null label this confident")
     p.add_argument("--hop", type=float, default=5.0, help="seconds between prefixes when turn times are unknown")
@@ -467,12 +499,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-s", type=float, default=MAX_AUDIO_SECONDS, help="longest audio chunk per <audio>")
     p.add_argument("--cache-dir", default=None, help="where prefix WAVs go (default: outputs/live_cache)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
 
 
 def _run_kwargs(args) -> dict:
+    """What run_live needs from the options; everything here but batch_size changes the results."""
     return {
         "task": args.task,
         "threshold": args.threshold,
@@ -482,22 +512,44 @@ def _run_kwargs(args) -> dict:
         "max_rounds": args.max_rounds,
         "chunk_s": args.chunk_s,
         "batch_size": args.batch_size,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "seed": args.seed,
+        "sampling": sampling_from_args(args),
     }
+
+
+def _calls(args) -> list[LiveCall]:
+    """The calls of ``--calls`` for the task; a file that is not a calls file is one error line."""
+    try:
+        calls = calls_from_file(args.calls, args.task)
+    except (KeyError, TypeError, AttributeError) as exc:  # a record without the fields a call needs
+        raise ValueError(f"{args.calls}: not a calls file ({type(exc).__name__}: {exc})") from None
+    seen: set[str] = set()
+    for call in calls:
+        if not isinstance(call.audio, str) or not call.audio:
+            raise ValueError(f"{args.calls}: call {call.call_id} has no audio path")
+        if call.call_id in seen:
+            raise ValueError(f"{args.calls}: call id {call.call_id!r} appears twice; results are kept by call id")
+        seen.add(call.call_id)
+    return calls
 
 
 def cmd_call(args) -> int:
     if args.calls:
-        matches = [c for c in calls_from_file(args.calls, args.task) if c.call_id == args.call_id]
+        matches = [c for c in _calls(args) if c.call_id == args.call_id]
         if not matches:
             print(f"error: call {args.call_id!r} not in {args.calls}", file=sys.stderr)
             return 1
         call = matches[0]
     else:
+        if not Path(args.audio).is_file():
+            print(f"error: {args.audio}: no such file", file=sys.stderr)
+            return 2
         call = LiveCall(Path(args.audio).stem, args.audio)
-    result = run_live(_engine(args), [call], cache_dir=args.cache_dir or "outputs/live_cache", **_run_kwargs(args))[0]
+    kwargs = _run_kwargs(args)
+    results = run_live(_engine(args), [call], cache_dir=args.cache_dir or "outputs/live_cache", **kwargs)
+    if not results:
+        print(f"error: call {call.call_id}: its audio could not be read (see the warning above)", file=sys.stderr)
+        return 1
+    result = results[0]
     print_timeline(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -509,38 +561,61 @@ def cmd_call(args) -> int:
     return 0
 
 
+RESULTS = "live_results.jsonl"
+
+
+def eval_settings(args) -> dict:
+    """What decides ``live_results.jsonl``: the calls file's content, the model, generation and loop settings."""
+    run = _run_kwargs(args)
+    sampling = run.pop("sampling")
+    run.pop("batch_size")
+    return {
+        "tool": "safe_qaq.live eval",
+        "input": file_fingerprint(args.calls),
+        "engine": engine_identity(args),
+        "sampling": asdict(sampling),
+        "live": run,
+    }
+
+
 def cmd_eval(args) -> int:
+    """Walk a test set of calls, resumably (the contract of :mod:`safe_qaq.jsonl`), then score it."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "live_results.jsonl"
-    calls = calls_from_file(args.calls, args.task)[: args.limit]
+    results_path = out / RESULTS
+    calls = _calls(args)[: args.limit]
+    if not calls:
+        raise ValueError(f"{args.calls}: no calls to walk for task {args.task} (an empty file, or --limit 0?)")
+    check_settings(results_path, eval_settings(args), overwrite=args.overwrite)
     done: dict[str, dict] = {}
-    if results_path.exists() and not args.overwrite:
-        for line in results_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed run: that call is simply redone
-            if rec.get("task") == args.task and rec.get("threshold") == args.threshold:
-                done[rec["call_id"]] = rec
+    for number, rec in enumerate(read_output(results_path), start=1):
+        if not isinstance(rec.get("call_id"), str):
+            raise ResumeError(f"{results_path}: record {number} has no call_id; fix the file or pass --overwrite")
+        done[rec["call_id"]] = rec  # results for calls past a smaller --limit stay in the file, unused
     todo = [c for c in calls if c.call_id not in done]
-    with open(results_path, "a" if done else "w", encoding="utf-8") as f:
+    print(f"{len(calls)} calls, {len(calls) - len(todo)} already done, {len(todo)} to go")
+    if todo:
+        engine = _engine(args)
+        with open(results_path, "a", encoding="utf-8") as f:
 
-        def save(rec: dict) -> None:
-            done[rec["call_id"]] = rec
-            f.write(dumps(rec))
-            f.flush()  # a killed run keeps every finished call
+            def save(rec: dict) -> None:
+                done[rec["call_id"]] = rec
+                append_records(f, [rec])  # a killed run keeps every finished call
 
-        if todo:
-            run_live(
-                _engine(args),
-                todo,
-                cache_dir=args.cache_dir or out / "prefixes",
-                on_result=save,
-                progress=not args.quiet,
-                **_run_kwargs(args),
-            )
+            try:
+                run_live(
+                    engine,
+                    todo,
+                    cache_dir=args.cache_dir or out / "prefixes",
+                    on_result=save,
+                    progress=not args.quiet,
+                    **_run_kwargs(args),
+                )
+            except Exception as exc:  # finished calls are kept; a rerun resumes
+                raise RuntimeError(f"generation failed: {type(exc).__name__}: {exc}") from None
     results = [done[c.call_id] for c in calls if c.call_id in done]
+    missing = len(calls) - len(results)
+    if not results:
+        raise ValueError(f"{args.calls}: no call could be walked (unreadable audio, see the warnings above)")
     metrics = live_metrics(results)
     (out / "live_metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
     table = live_markdown(metrics, args.name or Path(args.model.rstrip("/")).name)
@@ -550,6 +625,10 @@ def cmd_eval(args) -> int:
     live_curve_png(metrics, out / "live_curve.png")
     print(table)
     print(f"\nwrote {out}/live_results.jsonl, live_metrics.json, live_metrics.md, live_curve.png")
+    if missing:
+        lost = f"{missing} of {len(calls)} calls have no result (warned above)"
+        print(f"error: {lost}; they are not in the metrics, and a rerun retries them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -573,11 +652,24 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "call":
-        if args.calls and not args.call_id:
-            parser.error("--calls needs --call-id")
-        return cmd_call(args)
-    return cmd_eval(args)
+    if args.command == "call" and args.calls and not args.call_id:
+        parser.error("--calls needs --call-id")
+    if args.batch_size < 1 or args.hop <= 0 or args.chunk_s <= 0 or (args.max_rounds or 1) < 1:
+        parser.error("--batch-size and --max-rounds must be >= 1, --hop and --chunk-s > 0")
+    if getattr(args, "limit", None) is not None and args.limit < 0:
+        parser.error("--limit must be >= 0")
+    try:
+        sampling_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return cmd_call(args) if args.command == "call" else cmd_eval(args)
+    except (ValueError, RuntimeError) as exc:  # bad calls, a refused resume, a failed model or generation
+        print_error(exc)
+        return 1
+    except OSError as exc:
+        print_error(os_error_message(exc))
+        return 2
 
 
 if __name__ == "__main__":

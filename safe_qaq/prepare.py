@@ -21,16 +21,17 @@ Outputs in ``--out`` (README "Data" explains the columns, the stage rule and the
 ``calls_{train,test}.jsonl``, ``split.json``, ``rejects.jsonl``, ``summary.json`` and
 ``audio/`` (cut chunks and prefixes, written once and reused by later runs).
 
-Every audio is decoded once, resampled to 16 kHz mono and checked; a bad row is written to
-``rejects.jsonl`` with the file, row and reason, never dropped silently.  The exit status is
-1 when more than ``--max-reject-fraction`` of the rows were rejected (default 5%).
+Every audio is size-checked from its header, then decoded once, resampled to 16 kHz mono and
+checked; a bad row is written to ``rejects.jsonl`` with the file, row and reason, never dropped
+silently.  Calls are planned and cut with :mod:`safe_qaq.calls` and
+:func:`safe_qaq.audio.cut_chunks`, as live inference cuts them.  The exit status is 1 when more
+than ``--max-reject-fraction`` of the rows were rejected (default 5%).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -63,19 +64,12 @@ from prompt import (
 )
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
+from safe_qaq.calls import LONG_CALL_POLICIES, Call, RowError, plan_chunks, resolve_audio, turn_boundaries_ms
 from safe_qaq.jsonl import dumps
 
 SPEAKERS = ("caller", "callee")
 OUTPUT_KINDS = ("offline", "realtime", "sft", "sft_realtime")
 MAX_LOGGED_REJECTS = 20
-
-
-class RowError(ValueError):
-    """A record that cannot be used: ``code`` is a short category, the message says why."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -84,6 +78,7 @@ class Options:
     seed: int = 0
     long_call: str = "chunk"  # "chunk" | "truncate"
     chunk_seconds: float = audio_utils.MAX_AUDIO_SECONDS
+    max_audios: int = audio_utils.MAX_AUDIOS_PER_ROW
     prefix_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     early_max_fraction: float = 0.35
     complete_min_fraction: float = 1.0
@@ -100,8 +95,13 @@ class Options:
     def check(self) -> None:
         if not 0.0 <= self.test_fraction <= 1.0:
             raise ValueError(f"--test-fraction must be in [0, 1], got {self.test_fraction}")
-        if self.long_call not in ("chunk", "truncate"):
+        if self.long_call not in LONG_CALL_POLICIES:
             raise ValueError(f"--long-call must be chunk or truncate, got {self.long_call!r}")
+        if not 1 <= self.max_audios <= audio_utils.MAX_AUDIOS_PER_ROW:
+            raise ValueError(
+                f"--max-audios must be in [1, {audio_utils.MAX_AUDIOS_PER_ROW}], got {self.max_audios}: the stage "
+                "scripts and engines take at most safe_qaq.audio.MAX_AUDIOS_PER_ROW audios per row"
+            )
         if not 0.0 < self.chunk_seconds <= audio_utils.MAX_AUDIO_SECONDS:
             raise ValueError(
                 f"--chunk-seconds must be in (0, {audio_utils.MAX_AUDIO_SECONDS:g}]: "
@@ -150,27 +150,13 @@ class Record:
     references: dict[str, str] = field(default_factory=dict)  # task -> reference answer text
 
 
-@dataclass
-class Call:
-    """Records merged by audio file; one call of the output."""
+@dataclass(kw_only=True)
+class MergedCall(Call):
+    """Records merged by audio file; one call of the output (the first origin named it)."""
 
-    call_id: str
-    audio: str
     id_explicit: bool
     origins: list[Origin]
-    scene: str | None = None
-    label: str | None = None
-    fraud_type: str | None = None
-    turns: list[dict[str, Any]] | None = None
-    duration: float | None = None
     references: dict[str, str] = field(default_factory=dict)
-
-    def gold(self, task: str) -> str | None:
-        if task == "scene":
-            return self.scene
-        if task == "fraud":
-            return self.label
-        return self.fraud_type if self.label == FRAUD else None
 
 
 @dataclass(frozen=True)
@@ -193,39 +179,126 @@ class Reject:
         return row
 
     def __str__(self) -> str:
-        where = f" [audio: {self.audio}]" if self.audio else ""
+        where = f" [audio: {_snippet(self.audio, 200)}]" if self.audio else ""
         return f"{self.origin}: {self.reason}{where}"
 
 
 def _snippet(value: Any, limit: int = 500) -> str:
+    """A short, printable excerpt of a row for rejects.jsonl (unpaired surrogates escaped, so it encodes)."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[:limit] + "..."
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_NOT_UTF8 = "not valid UTF-8 (a byte that is not UTF-8, or an unpaired \\ud800-\\udfff escape)"
+
+
+def _has_surrogate(obj: Any) -> bool:
+    """Whether a parsed JSON value holds an unpaired surrogate: an undecodable byte or a lone escape."""
+    stack = [obj]
+    while stack:  # iterative: a deeply nested row must not exhaust the stack here
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _parse(text: str, what: str) -> tuple[Any, RowError | None]:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        return None, RowError("malformed_json", f"malformed JSON {what}: {exc}")
+    except RecursionError:
+        return None, RowError("malformed_json", f"malformed JSON {what}: nested too deeply")
+    if _has_surrogate(obj):
+        return None, RowError("bad_encoding", f"{what} text is {_NOT_UTF8}")
+    return obj, None
+
+
+def _count_json_values(text: str) -> int | None:
+    """How many JSON values ``text`` holds back to back, or None when it is not such a sequence."""
+    decoder = json.JSONDecoder()
+    index, count = _JSON_SPACE.match(text).end(), 0
+    while index < len(text):
+        try:
+            _, index = decoder.raw_decode(text, index)
+        except (ValueError, RecursionError):
+            return None
+        count += 1
+        index = _JSON_SPACE.match(text, index).end()
+    return count
 
 
 def read_rows(path: Path) -> Iterator[tuple[Origin, Any, RowError | None]]:
     """Yield ``(origin, object, error)`` per row of a JSON list or JSONL file.
 
-    A JSON list that does not parse yields one error row for the whole file (origin row 0):
-    its rows cannot be counted, so the run fails whatever the reject limit.
+    JSONL is decoded line by line, so a byte that is not UTF-8 rejects its line only.  A file
+    whose rows cannot be told apart -- a JSON list that does not parse, a UTF-16 file, JSON
+    objects pretty-printed over many lines -- yields one error row for the whole file (origin
+    row 0): its rows cannot be counted, so the run fails whatever the reject limit.
     """
-    text = path.read_text(encoding="utf-8-sig")
     name = str(path)
-    if text.lstrip().startswith("["):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        yield Origin(name, 0), None, RowError("unreadable", f"cannot read the file: {exc.strerror or exc}")
+        return
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        error = RowError("bad_encoding", "file is UTF-16 (it starts with a byte-order mark); save it as UTF-8")
+        yield Origin(name, 0), None, error
+        return
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if data.lstrip().startswith(b"["):
+        # Undecodable bytes become unpaired surrogates: they reject the item that holds them.
         try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Origin(name, 0), None, RowError("malformed_json", f"file is not valid JSON: {exc}")
+            items = json.loads(data.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError) as exc:
+            detail = exc if isinstance(exc, ValueError) else "nested too deeply"
+            yield Origin(name, 0), None, RowError("malformed_json", f"file is not valid JSON: {detail}")
             return
         for index, item in enumerate(items, start=1):
-            yield Origin(name, index), item, None
+            if _has_surrogate(item):
+                yield Origin(name, index), _snippet(item), RowError("bad_encoding", f"record text is {_NOT_UTF8}")
+            else:
+                yield Origin(name, index), item, None
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    lines = data.split(b"\n")
+    first = next((line for line in lines if line.strip()), b"")
+    if first and _parse(first.decode("utf-8", "surrogateescape"), "line")[1] is not None:
+        n_values = _count_json_values(data.decode("utf-8", "surrogateescape"))
+        n_lines = sum(1 for line in lines if line.strip())
+        if n_values and n_lines > n_values:
+            what = "one JSON value" if n_values == 1 else f"{n_values} JSON values"
+            yield (
+                Origin(name, 0),
+                None,
+                RowError(
+                    "malformed_json",
+                    f"file is {what} pretty-printed over {n_lines} lines, not JSON Lines: put each record "
+                    "on one line (or the records in a JSON list)",
+                ),
+            )
+            return
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        origin = Origin(name, number)
         try:
-            yield Origin(name, number), json.loads(line), None
-        except json.JSONDecodeError as exc:
-            yield Origin(name, number), _snippet(line), RowError("malformed_json", f"malformed JSON line: {exc}")
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            yield origin, _snippet(raw.decode("utf-8", "backslashreplace")), RowError("bad_encoding", reason)
+            continue
+        obj, error = _parse(line, "line")
+        yield origin, (_snippet(line) if error else obj), error
 
 
 def _check_label(value: Any, allowed: Sequence[str], key: str) -> str | None:
@@ -267,24 +340,12 @@ def _check_turns(turns: Any) -> list[dict[str, Any]] | None:
     return checked
 
 
-def _resolve_audio(value: Any, base: Path) -> str:
-    if isinstance(value, dict):  # {"url": ...} as in OpenAI-style content parts
-        value = value.get("url") or value.get("path")
-    if not isinstance(value, str) or not value.strip():
-        raise RowError("bad_record", f"audio path must be a non-empty string, got {value!r}")
-    value = value.strip()
-    if value.startswith(("http://", "https://")):
-        raise RowError("bad_record", f"remote audio {value!r} is not supported: prepare runs offline")
-    value = value.removeprefix("file://")
-    return os.path.abspath(base / os.path.expanduser(value))
-
-
-def parse_metadata_record(obj: dict[str, Any], origin: Origin, base: Path) -> Record:
+def parse_metadata_record(obj: dict[str, Any], origin: Origin, listed_in: Path) -> Record:
     """Our metadata format (data/calls/metadata.jsonl)."""
     call_id = obj.get("id")
     if not isinstance(call_id, str) or not call_id.strip():
         raise RowError("bad_record", f"'id' must be a non-empty string, got {call_id!r}")
-    audio = _resolve_audio(obj.get("audio"), base)
+    audio = resolve_audio(obj.get("audio"), listed_in)
     scene = _check_label(obj.get("scene"), SCENES, "scene")
     label = _check_label(obj.get("label"), FRAUD_LABELS, "label")
     fraud_type = _check_label(obj.get("fraud_type"), FRAUD_TYPES, "fraud_type")
@@ -347,7 +408,7 @@ def parse_reference_answer(answer: Any) -> tuple[str, str, str | None]:
     )
 
 
-def parse_teleantifraud_record(obj: dict[str, Any], origin: Origin, base: Path) -> Record:
+def parse_teleantifraud_record(obj: dict[str, Any], origin: Origin, listed_in: Path) -> Record:
     """A TeleAntiFraud release record: ``{"prompt": [...messages...], "answer": "..."}``."""
     messages = obj.get("prompt")
     if not isinstance(messages, list):
@@ -361,7 +422,7 @@ def parse_teleantifraud_record(obj: dict[str, Any], origin: Origin, base: Path) 
                     audios.append(part.get("audio_url", part.get("audio")))
     if len(audios) != 1:
         raise RowError("bad_record", f"record has {len(audios)} audio parts in its user turns; expected exactly 1")
-    audio = _resolve_audio(audios[0], base)
+    audio = resolve_audio(audios[0], listed_in)
     task, label, reference = parse_reference_answer(obj.get("answer"))
     call_id = obj.get("id") if isinstance(obj.get("id"), str) and obj["id"].strip() else None
     record = Record(origin=origin, audio=audio, call_id=call_id)
@@ -376,21 +437,18 @@ def parse_teleantifraud_record(obj: dict[str, Any], origin: Origin, base: Path) 
     return record
 
 
-def parse_record(obj: Any, origin: Origin, base: Path) -> Record:
+def parse_record(obj: Any, origin: Origin, listed_in: Path) -> Record:
     if not isinstance(obj, dict):
         raise RowError("bad_record", f"row is a JSON {type(obj).__name__}, not an object")
     if "prompt" in obj:
-        return parse_teleantifraud_record(obj, origin, base)
+        return parse_teleantifraud_record(obj, origin, listed_in)
     if "audio" in obj or "id" in obj:
-        return parse_metadata_record(obj, origin, base)
+        return parse_metadata_record(obj, origin, listed_in)
     raise RowError(
         "bad_record",
         "unrecognised record: expected our metadata keys (id, audio, scene, label, ...) "
         "or TeleAntiFraud keys (prompt, answer)",
     )
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _derived_ids(audio: str) -> Iterator[str]:
@@ -404,8 +462,8 @@ class CallTable:
     """Merges records by audio file and assigns unique call ids."""
 
     def __init__(self) -> None:
-        self.by_audio: dict[str, Call] = {}
-        self.by_id: dict[str, Call] = {}
+        self.by_audio: dict[str, MergedCall] = {}
+        self.by_id: dict[str, MergedCall] = {}
 
     def add(self, record: Record) -> None:
         key = os.path.realpath(record.audio)
@@ -415,7 +473,7 @@ class CallTable:
             if call_id in self.by_id:
                 other = self.by_id[call_id]
                 raise RowError("duplicate_id", f"call id {call_id!r} is already used by {other.origins[0]}")
-            call = Call(call_id=call_id, audio=record.audio, id_explicit=record.call_id is not None, origins=[])
+            call = MergedCall(call_id=call_id, audio=record.audio, id_explicit=record.call_id is not None, origins=[])
             merged = _merge(call, record)
             self.by_audio[key] = self.by_id[call_id] = merged
             return
@@ -440,13 +498,15 @@ class CallTable:
                 return candidate
         return "call-" + hashlib.sha1(audio.encode()).hexdigest()[:12]
 
-    def calls(self) -> list[Call]:
+    def calls(self) -> list[MergedCall]:
         return sorted(self.by_audio.values(), key=lambda c: c.call_id)
 
 
-def _merge(call: Call, record: Record) -> Call:
-    """A new Call with ``record`` merged in (``call`` is untouched when a conflict raises)."""
-    merged = Call(**{**call.__dict__, "origins": [*call.origins, record.origin], "references": dict(call.references)})
+def _merge(call: MergedCall, record: Record) -> MergedCall:
+    """A new call with ``record`` merged in (``call`` is untouched when a conflict raises)."""
+    merged = MergedCall(
+        **{**call.__dict__, "origins": [*call.origins, record.origin], "references": dict(call.references)}
+    )
     for key in ("scene", "label", "fraud_type"):
         new, old = getattr(record, key), getattr(merged, key)
         if new is not None and old is not None and new != old:
@@ -456,6 +516,15 @@ def _merge(call: Call, record: Record) -> Call:
         if new is not None:
             setattr(merged, key, new)
     _check_consistent(merged.label, merged.fraud_type)
+    # Two records of one audio file must agree on what it holds: which one would be right is unknown.
+    if record.duration is not None and merged.duration is not None and record.duration != merged.duration:
+        raise RowError(
+            "conflict",
+            f"duration {record.duration:g} s conflicts with {merged.duration:g} s from {call.origins[0]} "
+            "for the same audio",
+        )
+    if record.turns is not None and merged.turns is not None and record.turns != merged.turns:
+        raise RowError("conflict", f"turns differ from those of {call.origins[0]} for the same audio")
     if merged.turns is None:
         merged.turns = record.turns
     if merged.duration is None:
@@ -477,19 +546,6 @@ def stage_of(fraction: float, early_max: float, complete_min: float) -> str:
     if fraction <= early_max:
         return EARLY_STAGE
     return LATE_STAGE
-
-
-def turn_boundaries_ms(turns: Sequence[dict[str, Any]] | None, duration_ms: int) -> list[int]:
-    """Cut points between turns: the middle of each pause (the turn end when turns overlap)."""
-    if not turns:
-        return []
-    points = set()
-    for current, following in itertools.pairwise(turns):
-        end = current["end"]
-        point = round(500 * (end + max(following["start"], end)))
-        if 0 < point < duration_ms:
-            points.add(point)
-    return sorted(points)
 
 
 def _nearest(points: Sequence[int], target: float) -> int:
@@ -538,9 +594,9 @@ def process_call(job: Job) -> dict[str, Any]:
     """Decode, check and cut one call; never raises for bad input (returns ``ok: False``)."""
     opts = job.options
     try:
-        samples = audio_utils.decode(job.audio, silence_dbfs=opts.silence_dbfs)
+        samples = audio_utils.decode(job.audio, silence_dbfs=opts.silence_dbfs, max_seconds=opts.max_duration)
     except audio_utils.AudioError as exc:
-        return _fail(exc.code, str(exc))
+        return _fail(exc.code, f"{exc} (--max-duration)" if exc.code in ("duration", "too_large") else str(exc))
     duration = len(samples) / audio_utils.SAMPLE_RATE
     if duration < opts.min_duration:
         return _fail("duration", f"audio is {duration:.2f} s, shorter than --min-duration {opts.min_duration:g} s")
@@ -553,37 +609,25 @@ def process_call(job: Job) -> dict[str, Any]:
     if last > duration + opts.duration_tolerance:
         return _fail("turns", f"turns end at {last:g} s, after the end of the audio ({duration:.2f} s)")
 
-    duration_ms = len(samples) * 1000 // audio_utils.SAMPLE_RATE
+    duration_ms = audio_utils.samples_to_ms(len(samples))
     chunk_ms = round(opts.chunk_seconds * 1000)
     boundaries = turn_boundaries_ms(turns, duration_ms)
-    segment_dir = Path(job.segment_dir)
-    made: dict[tuple[int, int], str] = {}  # prefixes share leading chunks with the whole call
-    written = reused = 0
 
-    def segment(start_ms: int, end_ms: int) -> str:
-        nonlocal written, reused
-        if (start_ms, end_ms) in made:
-            return made[start_ms, end_ms]
-        path = segment_dir / f"{start_ms:07d}-{end_ms:07d}.flac"
-        piece = samples[audio_utils.ms_to_samples(start_ms) : audio_utils.ms_to_samples(end_ms)]
-        if audio_utils.cached_ok(path, len(piece)):
-            reused += 1  # written by an earlier run
-        else:
-            audio_utils.write_flac(path, piece)
-            written += 1
-        made[start_ms, end_ms] = str(path)
-        return str(path)
+    def chunks(end_ms: int) -> list[tuple[int, int]]:
+        return plan_chunks(end_ms, boundaries, chunk_ms=chunk_ms, long_call=opts.long_call)
+
+    whole = chunks(duration_ms)
+    if len(whole) > opts.max_audios:
+        return _fail(
+            "too_many_chunks",
+            f"audio is {duration:.1f} s: {len(whole)} chunks of at most {opts.chunk_seconds:g} s, more than "
+            f"--max-audios {opts.max_audios} (the <audio> entries one row may carry); "
+            f"--long-call truncate keeps its first {opts.chunk_seconds:g} s instead",
+        )
+    made: dict[str, str] = {}  # prefixes share leading chunks with the whole call: cut each once
 
     def audios_for(end_ms: int) -> list[str]:
-        if end_ms == duration_ms and duration_ms <= chunk_ms:
-            return [job.audio]  # the whole call fits: use the original file
-        if opts.long_call == "truncate":
-            return [segment(0, min(end_ms, chunk_ms))]
-        cuts = chunk_bounds_for(end_ms)
-        return [segment(a, b) for a, b in cuts]
-
-    def chunk_bounds_for(end_ms: int) -> list[tuple[int, int]]:
-        return audio_utils.chunk_bounds(end_ms, [b for b in boundaries if b < end_ms], chunk_ms)
+        return audio_utils.cut_chunks(samples, chunks(end_ms), job.segment_dir, source=job.audio, made=made)
 
     long_call = duration_ms > chunk_ms
     offline_audios = audios_for(duration_ms)
@@ -607,6 +651,7 @@ def process_call(job: Job) -> dict[str, Any]:
         {"end_s": end / 1000, "stage": stage, "audios": offline_audios if end == duration_ms else audios_for(end)}
         for end, stage in prefixes
     ]
+    statuses = Counter(made.values())
     return {
         "ok": True,
         "duration": duration_ms / 1000,  # whole ms, the unit of every cut (prefix_end_s <= this)
@@ -614,21 +659,9 @@ def process_call(job: Job) -> dict[str, Any]:
         "prefixes": planned,
         "chunked": long_call and opts.long_call == "chunk",
         "truncated": long_call and opts.long_call == "truncate",
-        "written": written,
-        "reused": reused,
+        "written": statuses["written"],
+        "reused": statuses["reused"],
     }
-
-
-def _segment_dir(audio_root: Path, call: Call) -> Path:
-    """One folder per call and source-file version, so a changed source never reuses stale cuts."""
-    try:
-        st = os.stat(call.audio)
-        version = f"{os.path.realpath(call.audio)}|{st.st_size}|{st.st_mtime_ns}"
-    except OSError:
-        version = call.audio
-    key = hashlib.sha1(version.encode()).hexdigest()[:10]
-    name = _UNSAFE.sub("_", call.call_id).strip("_.")[:60] or "call"
-    return audio_root / f"{name}-{key}"
 
 
 # ---------------------------------------------------------------------------
@@ -704,16 +737,8 @@ def build_rows(call: Call, result: dict[str, Any], options: Options) -> dict[str
 
 
 def call_record(call: Call, duration: float) -> dict[str, Any]:
-    """The accepted call in our metadata format (absolute audio path)."""
-    return {
-        "id": call.call_id,
-        "audio": call.audio,
-        "duration": round(duration, 3),
-        "scene": call.scene,
-        "label": call.label,
-        "fraud_type": call.fraud_type,
-        "turns": call.turns or [],
-    }
+    """The accepted call in our metadata format (absolute audio path, decoded duration)."""
+    return {**call.to_json(), "duration": round(duration, 3)}
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -773,7 +798,6 @@ def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
     for raw_path in inputs:
         path = Path(raw_path)
         kinds: Counter[str] = Counter()
-        base = path.resolve().parent
         for origin, obj, error in read_rows(path):
             n_records += 1
             if error is not None:
@@ -783,9 +807,8 @@ def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
                 kinds["malformed"] += 1
                 continue
             try:
-                record = parse_record(obj, origin, base)
-                kinds["teleantifraud" if "prompt" in obj else "metadata"] += 1
-                table.add(record)
+                table.add(parse_record(obj, origin, path))
+                kinds["teleantifraud" if "prompt" in obj else "metadata"] += 1  # once added: a row counts once
             except RowError as exc:
                 kinds["rejected"] += 1
                 audio = obj.get("audio") if isinstance(obj, dict) and isinstance(obj.get("audio"), str) else None
@@ -802,7 +825,7 @@ def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
         Job(
             call_id=call.call_id,
             audio=call.audio,
-            segment_dir=str(_segment_dir(audio_root, call)),
+            segment_dir=str(audio_utils.chunk_dir(audio_root, call.call_id, call.audio)),
             declared_duration=call.duration,
             turns=tuple((t["start"], t["end"]) for t in call.turns) if call.turns else None,
             options=options,
@@ -975,6 +998,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds)
     p.add_argument(
+        "--max-audios",
+        type=int,
+        default=defaults.max_audios,
+        help="most <audio> chunks one row may carry (vLLM's limit_mm_per_prompt in the stage scripts); "
+        "a longer call is rejected (too_many_chunks) unless --long-call truncate",
+    )
+    p.add_argument(
         "--prefix-fractions",
         type=_fractions,
         default=defaults.prefix_fractions,
@@ -1016,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         long_call=args.long_call,
         chunk_seconds=args.chunk_seconds,
+        max_audios=args.max_audios,
         prefix_fractions=args.prefix_fractions,
         early_max_fraction=args.early_max_fraction,
         complete_min_fraction=args.complete_min_fraction,
@@ -1034,6 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.input:
             if not Path(path).is_file():
                 raise ValueError(f"--input {path}: no such file")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out}: exists and is not a folder")
     except ValueError as exc:
         _stderr(f"error: {exc}")
         return 2

@@ -16,6 +16,11 @@ completion (the prompt row, unchanged).  Memory does not grow with the number of
 completions: the input is read once, group by group (``sample.py`` writes each prompt's
 completions together); only the set of seen (prompt_index, prompt_id) pairs is kept, to catch
 overlapping shards.
+
+Checks: every group has N completions (``--n``, else the N in each input's ``.meta.json``,
+which ``sample.py`` writes), so an unfinished sampling run is reported rather than used; the
+outputs may not alias an input or each other; an empty input is warned about, and no
+completions at all is an error.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any
 
 from prompt import question_of
 from safe_qaq.answer import GoldError, judge, parse_answer, resolve_stage, resolve_task
-from safe_qaq.jsonl import dumps, iter_jsonl
+from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl, os_error_message, print_error
+from safe_qaq.sample import read_n
 
 SAMPLE_COLUMNS = ("prompt_index", "prompt_id", "sample_index", "completion")
 
@@ -80,11 +86,20 @@ def _key(record: dict[str, Any]) -> tuple[Any, Any]:
     return record["prompt_index"], record["prompt_id"]
 
 
+def _records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        yield from iter_jsonl(path)
+    except JsonlError as exc:
+        raise JsonlError(f"{exc} (if sample.py was interrupted, rerun it to finish and repair the file)") from None
+
+
 def _groups(paths: list[str]) -> Iterator[tuple[str, int, list[tuple[int, dict[str, Any]]]]]:
     """Yield (file, first line, records) per prompt group; groups are contiguous runs of one prompt_id."""
     for path in paths:
         current: list[tuple[int, dict[str, Any]]] = []
-        for number, record in iter_jsonl(path):
+        empty = True
+        for number, record in _records(path):
+            empty = False
             missing = [c for c in SAMPLE_COLUMNS if c not in record]
             if missing:
                 raise ValueError(f"{path}:{number}: not a sample.py line (missing {', '.join(missing)})")
@@ -94,6 +109,8 @@ def _groups(paths: list[str]) -> Iterator[tuple[str, int, list[tuple[int, dict[s
             current.append((number, record))
         if current:
             yield path, current[0][0], current
+        if empty:
+            print(f"warning: {path}: no completions (an empty sampling shard?)", file=sys.stderr)
 
 
 def _select(group: list[tuple[int, dict[str, Any]]], task: str, stage: str, require_format: bool, stats: TaskStats):
@@ -123,7 +140,11 @@ def _prompt_row(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in SAMPLE_COLUMNS}
 
 
-def process(paths: list[str], output: str, unsolved: str, *, require_format: bool = True) -> Report:
+def process(
+    paths: list[str], output: str, unsolved: str, *, require_format: bool = True, n: int | None = None
+) -> Report:
+    """Filter ``paths`` into ``output`` / ``unsolved``.  ``n``: completions per prompt (None: each file's meta)."""
+    sizes = {path: n if n is not None else read_n(path) for path in paths}
     report = Report()
     start = time.perf_counter()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +152,7 @@ def process(paths: list[str], output: str, unsolved: str, *, require_format: boo
     # Written beside the targets and renamed at the end: a failed run leaves no half file that looks valid.
     partial_kept, partial_missed = f"{output}.partial", f"{unsolved}.partial"
     try:
-        _write(paths, partial_kept, partial_missed, require_format, report)
+        _write(paths, partial_kept, partial_missed, require_format, report, sizes)
     except BaseException:
         for path in (partial_kept, partial_missed):
             Path(path).unlink(missing_ok=True)
@@ -142,7 +163,9 @@ def process(paths: list[str], output: str, unsolved: str, *, require_format: boo
     return report
 
 
-def _write(paths: list[str], output: str, unsolved: str, require_format: bool, report: Report) -> None:
+def _write(
+    paths: list[str], output: str, unsolved: str, require_format: bool, report: Report, sizes: dict[str, int | None]
+) -> None:
     seen: set[tuple[Any, Any]] = set()
     with open(output, "w", encoding="utf-8") as kept, open(unsolved, "w", encoding="utf-8") as missed:
         for path, line, group in _groups(paths):
@@ -150,6 +173,12 @@ def _write(paths: list[str], output: str, unsolved: str, require_format: bool, r
             where = f"{path}:{line}"
             if key in seen:
                 raise ValueError(f"{where}: prompt {key} appears in two places (overlapping shards or a rerun?)")
+            n = sizes[path]
+            if n is not None and len(group) != n:
+                raise ValueError(
+                    f"{where}: prompt {key[0]} has {len(group)} completions, not {n} "
+                    "(an unfinished sample.py run? rerun it to finish; or pass the right --n)"
+                )
             seen.add(key)
             report.lines += len(group)
             first = group[0][1]
@@ -166,10 +195,19 @@ def _write(paths: list[str], output: str, unsolved: str, require_format: bool, r
             # a row sampled from an SFT row gets the kept completion in place of its answer
             row["messages"] = [*question_of(chosen["messages"]), {"role": "assistant", "content": chosen["completion"]}]
             kept.write(dumps(row))
+    if report.lines == 0:  # raised before the outputs are replaced: an earlier result stays
+        raise ValueError(f"no completions in {', '.join(paths)}; nothing written")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:  # b does not exist (yet)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,11 +218,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-malformed", action="store_true", help="keep correct completions even without <think>/<answer> tags"
     )
+    parser.add_argument(
+        "--n", type=int, help="completions every prompt must have (default: each input's N from its .meta.json)"
+    )
     args = parser.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        parser.error("--n must be >= 1")
+    for path in args.samples:
+        if not Path(path).is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
+    if _same_file(args.output, args.unsolved):
+        print(f"error: --output and --unsolved are the same file ({args.output})", file=sys.stderr)
+        return 2
+    for name, target in (("--output", args.output), ("--unsolved", args.unsolved)):
+        clash = next((path for path in args.samples if _same_file(path, target)), None)
+        if clash is not None:
+            print(f"error: {name} {target} is an input; it would overwrite the samples", file=sys.stderr)
+            return 2
     try:
-        report = process(args.samples, args.output, args.unsolved, require_format=not args.allow_malformed)
+        report = process(args.samples, args.output, args.unsolved, require_format=not args.allow_malformed, n=args.n)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
+        return 2
+    except OSError as exc:
+        print_error(os_error_message(exc))
         return 2
     print(report.table())
     rate = report.lines / report.seconds if report.seconds else float("inf")

@@ -8,11 +8,13 @@ Each output line is one completion: every column of the prompt row (``messages``
 ``prompt_id``, ``sample_index`` and ``completion``.  The N lines of a prompt are written
 together, in input order, so the file is a sequence of complete groups.
 
-Resuming: a rerun with the same settings reads the file, cuts it back to the end of the last
-complete group (a torn line or a half-written group from a kill is removed) and generates
-only the prompts that are missing.  A run with different settings refuses to mix into an
-existing file (``--overwrite`` starts afresh).  Settings are kept beside the output in
-``<output>.meta.json``.
+Resuming (the contract of :mod:`safe_qaq.jsonl`): a rerun with the same settings reads the
+file, cuts it back to the end of the last complete group (a torn line or a half-written group
+from a kill is removed, nothing else) and generates only the prompts that are missing.  The
+settings -- the input's content hash, the model and its weights, the sampling settings, N and
+the shard -- are kept beside the output in ``<output>.meta.json``; a run whose settings differ
+is refused with the differences named (``--overwrite`` starts afresh).  A smaller ``--limit``
+reuses what is there, a larger one continues.
 
 Sharding for several GPUs: ``--num-shards K --shard-index I`` takes prompts ``I, I+K, ...``;
 run one process per GPU with its own ``--output`` and give all files to ``process_samples``.
@@ -23,15 +25,34 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from safe_qaq.jsonl import dumps, iter_jsonl
+from safe_qaq.engine import (
+    Sampling,
+    add_engine_arguments,
+    engine_from_args,
+    engine_identity,
+    request_problem,
+    sampling_from_args,
+)
+from safe_qaq.jsonl import (
+    JsonlError,
+    ResumeError,
+    append_records,
+    check_settings,
+    file_fingerprint,
+    meta_path,
+    os_error_message,
+    parse_line,
+    print_error,
+    read_rows,
+)
 
-META_SUFFIX = ".meta.json"
+# The recipe's rejection-sampling settings (the README's SAMPLE_* variables).
+DEFAULTS = Sampling(temperature=0.8, top_p=0.95, top_k=50, repetition_penalty=1.0, max_tokens=2048, seed=0)
 
 
 def prompt_id(row: dict[str, Any]) -> str:
@@ -40,160 +61,161 @@ def prompt_id(row: dict[str, Any]) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
-def _shard(rows: Iterator[tuple[int, dict[str, Any]]], index: int, count: int):
-    for position, (line, row) in enumerate(rows):
-        if position % count == index:
-            if "messages" not in row:
-                raise ValueError(f"line {line}: prompt row has no 'messages'")
-            yield position, row
-
-
 def recover(output: Path, n: int) -> tuple[int, set[int]]:
-    """Cut ``output`` back to its last complete group; return (groups kept, prompt indices done)."""
+    """Cut ``output`` back to its last complete group; return (groups kept, prompt indices done).
+
+    Only what a kill can leave is cut: whole lines of the one group being written, then perhaps
+    a torn line (whatever byte it stops at).  Anything else -- a bad line, a group out of order
+    or repeated -- is not a kill's doing: :class:`ResumeError` names it and the file is left alone.
+    """
     if not output.exists():
         return 0, set()
     done: set[int] = set()
     keep_bytes = offset = 0
-    group_index, group_samples = None, set()
+    group_index, group_size = None, 0
     with open(output, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break  # a torn last line
             offset += len(raw)
+            where = f"{output}:{number}"
             try:
-                if not raw.endswith(b"\n"):
-                    raise ValueError("torn line")
-                record = json.loads(raw)
-                index, sample = int(record["prompt_index"]), int(record["sample_index"])
-            except (ValueError, KeyError, TypeError):
-                break  # everything from here on is a kill's leftovers
-            if index != group_index:
-                group_index, group_samples = index, set()
-            if sample in group_samples or not 0 <= sample < n:
-                break  # not something this sampler writes: keep only what precedes it
-            group_samples.add(sample)
-            if len(group_samples) == n:
+                record = parse_line(raw, where)
+            except JsonlError as exc:
+                raise ResumeError(f"{exc}; sample.py never writes that: fix the file or pass --overwrite") from None
+            index, sample = record.get("prompt_index"), record.get("sample_index")
+            if group_size == 0:
+                group_index = index
+            if not isinstance(index, int) or index in done or index != group_index or sample != group_size:
+                raise ResumeError(
+                    f"{where}: prompt_index {index!r} sample_index {sample!r} where sample {group_size} of "
+                    f"prompt {group_index!r} ({n} per prompt) was due; sample.py never writes that: "
+                    "fix the file or pass --overwrite"
+                )
+            group_size += 1
+            if group_size == n:
                 done.add(index)
-                keep_bytes = offset
-    if keep_bytes != output.stat().st_size:
+                keep_bytes, group_size = offset, 0
+    size = output.stat().st_size
+    if keep_bytes != size:
         with open(output, "r+b") as handle:
             handle.truncate(keep_bytes)
+        print(f"{output}: cut {size - keep_bytes} bytes of an unfinished group (an interrupted run)")
     return len(done), done
 
 
-def model_fingerprint(model: str) -> list[list[Any]] | None:
-    """Names, sizes and mtimes of a local model's weight files: a retrained model is a different model."""
-    folder = Path(model)
-    if not folder.is_dir():
-        return None
-    return [
-        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(folder.iterdir())
-        if f.suffix in (".safetensors", ".bin")
-    ]
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace, sampling: Sampling) -> dict[str, Any]:
+    """Everything that decides what the output holds (see the module docstring)."""
     return {
-        "model": args.model,
-        "model_weights": model_fingerprint(args.model),
-        "adapters": args.adapters,
-        "input": str(Path(args.input).resolve()),
+        "tool": "safe_qaq.sample",
+        "input": file_fingerprint(args.input),
+        "engine": engine_identity(args),
+        "sampling": asdict(sampling),
         "n": args.n,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
         "num_shards": args.num_shards,
         "shard_index": args.shard_index,
     }
 
 
-def _check_settings(output: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    meta = Path(str(output) + META_SUFFIX)
-    if overwrite:
-        output.unlink(missing_ok=True)
-    elif output.exists() and output.stat().st_size > 0:
-        previous = json.loads(meta.read_text()) if meta.exists() else None
-        if previous != settings:
-            changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
-            raise SystemExit(
-                f"{output} was written with other settings ({', '.join(changed)} differ); "
-                "resume with the same ones or pass --overwrite"
-            )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(settings, indent=1))
+def read_n(samples_file: str | Path) -> int | None:
+    """N of a sample.py output, from the settings beside it (None when there are none)."""
+    try:
+        n = json.loads(meta_path(samples_file).read_text(encoding="utf-8")).get("n")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n >= 1 else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="N completions per prompt for rejection sampling (resumable).")
-    parser.add_argument("--model", required=True, help="model dir (merged checkpoint) or served model name")
-    parser.add_argument("--adapters", nargs="*", default=[], help="LoRA adapter dirs applied on load")
-    parser.add_argument("--backend", default="pt", choices=("pt", "vllm", "openai"))
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint for --backend openai")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m safe_qaq.sample", description="N completions per prompt for rejection sampling (resumable)."
+    )
+    add_engine_arguments(parser, defaults=DEFAULTS)
     parser.add_argument("--input", required=True, help="prompt rows (ms-swift jsonl)")
     parser.add_argument("--output", required=True, help="completions jsonl (appended to when resuming)")
     parser.add_argument("--n", type=int, default=16, help="completions per prompt")
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="base seed (an engine call uses seed + its first prompt index)"
-    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
     parser.add_argument("--limit", type=int, help="only the first LIMIT prompts of this shard (smoke runs)")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--shard-index", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.shard_index < args.num_shards:
         parser.error("--shard-index must be in [0, --num-shards)")
-    if args.n < 1:
-        parser.error("--n must be >= 1")
-
-    from tqdm import tqdm
-
+    if args.n < 1 or args.batch_size < 1:
+        parser.error("--n and --batch-size must be >= 1")
+    if args.limit is not None and args.limit < 0:
+        parser.error("--limit must be >= 0")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     output = Path(args.output)
-    settings = _settings(args)
-    settings["limit"] = args.limit
-    _check_settings(output, settings, args.overwrite)
-    kept, done = recover(output, args.n)
+    if output.resolve() in {Path(args.input).resolve(), meta_path(args.input).resolve()}:
+        parser.error("--output must not be the input (or its settings file)")
+    try:
+        return _run(args, sampling, output)
+    except (JsonlError, ResumeError) as exc:
+        print_error(exc)
+        return 1
+    except OSError as exc:
+        print_error(os_error_message(exc))
+        return 2
 
-    prompts = list(_shard(iter_jsonl(args.input), args.shard_index, args.num_shards))
+
+def _run(args: argparse.Namespace, sampling: Sampling, output: Path) -> int:
+    local = args.backend != "openai"
+    rows = read_rows(args.input, lambda row: request_problem(row, local_audio=local))
+    if not rows:
+        print(f"warning: {args.input}: no prompts", file=sys.stderr)
+    check_settings(output, settings_of(args, sampling), overwrite=args.overwrite)
+    _, done = recover(output, args.n)
+
+    shard = args.shard_index, args.num_shards
+    prompts = [(position, row) for position, (_, row) in enumerate(rows) if position % shard[1] == shard[0]]
     if args.limit is not None:
         prompts = prompts[: args.limit]
     todo = [(index, row) for index, row in prompts if index not in done]
+    kept = len(prompts) - len(todo)
     print(f"{len(prompts)} prompts, {kept} already sampled, {len(todo)} to go ({args.n} completions each)")
     if not todo:
         return 0
 
-    from safe_qaq.engine import make_engine
+    from tqdm import tqdm
 
-    engine = make_engine(args.model, adapters=args.adapters, backend=args.backend, base_url=args.base_url)
+    try:
+        engine = engine_from_args(args)
+    except Exception as exc:  # a missing or broken model: one line, not a traceback
+        print(f"error: cannot load model {args.model!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     with open(output, "a", encoding="utf-8") as sink, tqdm(total=len(prompts), initial=kept, unit="prompt") as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
-            texts = engine.generate(
-                [row for _, row in batch],
-                n=args.n,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                top_k=args.top_k,
-                max_tokens=args.max_tokens,
-                seed=args.seed + batch[0][0],
-            )
+            # The seed of a call follows its first prompt, so a resumed run draws what an uninterrupted one would.
+            seed = None if sampling.seed is None else sampling.seed + batch[0][0]
+            try:
+                texts = engine.generate([row for _, row in batch], n=args.n, **{**sampling.as_kwargs(), "seed": seed})
+            except Exception as exc:  # the groups written so far are kept; a rerun resumes
+                which = f"prompts {batch[0][0]}-{batch[-1][0]}"
+                print(f"error: generation failed for {which}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
             for (index, row), completions in zip(batch, texts, strict=True):
                 if len(completions) != args.n:
-                    raise RuntimeError(f"prompt {index}: engine returned {len(completions)} of {args.n} completions")
+                    got = len(completions)
+                    print(f"error: prompt {index}: the engine returned {got} of {args.n} completions", file=sys.stderr)
+                    return 1
                 pid = prompt_id(row)
-                group = "".join(
-                    dumps({**row, "prompt_index": index, "prompt_id": pid, "sample_index": k, "completion": text})
+                group = [
+                    {**row, "prompt_index": index, "prompt_id": pid, "sample_index": k, "completion": text}
                     for k, text in enumerate(completions)
-                )
+                ]
                 # One write per group, flushed to disk: a kill leaves at most one partial group at the end.
-                sink.write(group)
-                sink.flush()
-                os.fsync(sink.fileno())
+                append_records(sink, group)
                 bar.update(1)
     print(f"wrote {output}")
     return 0

@@ -27,11 +27,13 @@ class FakeEngine:
         self.calls = 0
         self.rows_seen = 0
         self.fail_after_calls = fail_after_calls
+        self.sampling: list[dict] = []
 
-    def generate(self, rows, *, n=1, temperature=0.0, top_p=1.0, top_k=-1, max_tokens=512, seed=None):
+    def generate(self, rows, *, n=1, **sampling):
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise KeyboardInterrupt("killed")
         self.calls += 1
+        self.sampling.append(sampling)
         self.rows_seen += len(rows)
         out = []
         for row in rows:

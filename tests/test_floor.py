@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES
 from safe_qaq import floor
+from safe_qaq.calls import Call
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,12 @@ def toy_calls(offset: int = 0) -> list[dict]:
     return calls
 
 
+def as_calls(records: list[dict]) -> list[Call]:
+    return [Call.from_json(r, REPO / "calls.jsonl") for r in records]
+
+
 def test_separable_toy_calls_are_perfect():
-    samples = floor.floor_samples(toy_calls(), toy_calls(100))
+    samples = floor.floor_samples(as_calls(toy_calls()), as_calls(toy_calls(100)))
     by_task = {t: [s for s in samples if s.task == t] for t in ("scene", "fraud", "fraud_type")}
     assert len(by_task["scene"]) == 8 and len(by_task["fraud"]) == 8
     assert len(by_task["fraud_type"]) == 4  # fraud calls only
@@ -43,15 +48,14 @@ def test_separable_toy_calls_are_perfect():
 
 
 def test_keep_restricts_to_evaluated_pairs_and_unknown_labels_are_skipped():
-    test = toy_calls(100)
-    test.append(call(999, NORMAL, "不存在的场景", None, NORMAL_WORDS))
+    test = as_calls([*toy_calls(100), call(999, NORMAL, "不存在的场景", None, NORMAL_WORDS)])
     keep = {("c100", "fraud"), ("c110", "scene")}
-    samples = floor.floor_samples(toy_calls(), test, keep=keep)
+    samples = floor.floor_samples(as_calls(toy_calls()), test, keep=keep)
     assert {(s.call_id, s.task) for s in samples} == keep
-    samples = floor.floor_samples(toy_calls(), test)
+    samples = floor.floor_samples(as_calls(toy_calls()), test)
     assert sum(s.call_id == "c999" for s in samples) == 1  # fraud task only: its scene is unknown
-    assert floor.call_gold(test[-1], "scene") is None and floor.call_gold(test[0], "fraud_type") == FRAUD_TYPES[0]
-    assert floor.call_gold(test[1], "fraud_type") is None  # a normal call has no type
+    assert test[-1].gold("scene") is None and test[0].gold("fraud_type") == FRAUD_TYPES[0]
+    assert test[1].gold("fraud_type") is None  # a normal call has no type
 
 
 def test_cli_writes_metrics(tmp_path, capsys):
@@ -65,7 +69,11 @@ def test_cli_writes_metrics(tmp_path, capsys):
     assert rep["tasks"]["scene"]["weighted_f1"] == 1.0
     assert (out / "confusion_fraud.png").exists() and (out / "metrics.md").exists()
     # audio paths are resolved against the file that lists them
-    assert floor.load_calls(test)[0]["audio"] == str(tmp_path / "audio" / "c100.wav")
+    assert floor.load_calls(test)[0].audio == str(tmp_path / "audio" / "c100.wav")
+    # a row that cannot be used is one line naming the file and row, not a traceback
+    test.write_text('{"id": "x", "audio": null}\n', encoding="utf-8")
+    assert floor.main(["--calls-train", str(train), "--calls-test", str(test)]) == 1
+    assert f"{test}:1: audio path must be a non-empty string" in capsys.readouterr().err
 
 
 def test_floor_on_the_bundled_calls(prepared, capsys):

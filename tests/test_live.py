@@ -11,6 +11,7 @@ import soundfile as sf
 
 from prompt import AUDIO_TAG, FRAUD, LATE_STAGE, NORMAL, SCENES, format_answer, get_prompt
 from safe_qaq import live
+from safe_qaq.calls import turn_boundaries_ms
 
 SR = 16000
 
@@ -35,8 +36,10 @@ class ScriptedModel:
         self.label, self.decide_after_s, self.conf, self.early_conf = label, decide_after_s, conf, early_conf
         self.garbage_before = garbage_before
         self.requests: list[dict] = []
+        self.sampling: list[dict] = []
 
-    def generate(self, rows, *, n=1, temperature=0.0, top_p=1.0, top_k=-1, max_tokens=512, seed=None):
+    def generate(self, rows, *, n=1, **sampling):
+        self.sampling.append(sampling)
         out = []
         for row in rows:
             self.requests.append(row)
@@ -67,7 +70,7 @@ def test_prefix_ends():
     # after each turn, in the middle of the pause (where the real-time training rows are cut)
     assert live.prefix_ends(7.0, turns=turns) == [1.65, 3.375, 7.0]
     assert live.prefix_ends(3.0, turns=turns) == [1.65, 3.0]
-    assert live.turn_boundaries(turns, 7.0) == pytest.approx([1.65, 3.375])
+    assert turn_boundaries_ms(turns, 7000) == [1650, 3375]
 
 
 def test_decides_at_second_prefix_and_raises_alarm(call7, tmp_path):

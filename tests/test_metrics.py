@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from prompt import EARLY_STAGE, FRAUD, LATE_STAGE, NORMAL, SCENES, format_answer
+from prompt import EARLY_STAGE, FRAUD, FRAUD_TYPES, LATE_STAGE, NORMAL, SCENES, format_answer
 from safe_qaq.metrics import (
     NO_LABEL,
+    lenient_label,
     markdown_table,
     per_class_markdown,
     report,
@@ -151,3 +154,144 @@ def test_empty_think_stats_absent_for_label_systems():
     assert "think_tokens" not in m and "latency_s" not in m
     assert m["accuracy"] == 0.0 and m["outcomes"] == {"undecided": 1}
     assert m["weighted_f1"] == 0.0 and m["format_failure_rate"] is None  # no text, no format to fail
+
+
+# ---------------------------------------------------------------------------
+# The lenient reading (docs/method.md#lenient-reading), beside the strict one
+# ---------------------------------------------------------------------------
+
+# (gold, answer, strict label, lenient label): a messy set where the two readings differ.
+MESSY_FRAUD = [
+    (F, fraud_answer(F), F, F),  # well formed: both readings agree
+    (N, fraud_answer(N), N, N),
+    (F, "<think>转账</think><answer>is_fraud: true</answer>", None, F),  # no JSON; "true" in the answer block
+    (N, "I cannot tell.", None, N),  # nothing to read: fraud defaults to normal
+    (F, '<answer>{"is_fraud": "yes"}</answer>', None, N),  # the key "is_fraud" is not the word "fraud"
+    # unclosed answer: the whole text is searched and its first word wins, however wrong
+    (N, '<think>Could be fraud, but the caller sounds normal.</think><answer>{"is_fraud": false', None, F),
+    (F, '<think>false alarm?</think><answer>{"is_fraud": TRUE}</answer>', None, F),  # answer block before think
+    (F, fraud_answer(N), N, N),  # a well-formed wrong answer stays wrong
+]
+
+
+def test_lenient_labels_of_a_messy_fraud_set():
+    for gold, text, strict, lenient in MESSY_FRAUD:
+        sample = sample_from_text(text, "fraud", gold)
+        assert (sample.pred, sample.lenient_pred) == (strict, lenient), text
+        assert lenient_label(text, "fraud") == lenient
+        assert sample.lenient_correct == (lenient == gold)
+
+
+def test_messy_fraud_set_strict_versus_lenient_hand_computed():
+    m = task_metrics([sample_from_text(text, "fraud", gold) for gold, text, _, _ in MESSY_FRAUD])
+    # strict: correct 1, 2 -> 2/8.  fraud: pred F {1}, tp 1, gold 5 -> P 1, R 1/5, F1 1/3;
+    # normal: pred N {2, 8}, tp 1, gold 3 -> P 1/2, R 1/3, F1 2/5.  Five answers have no label.
+    assert m["accuracy"] == pytest.approx(2 / 8)
+    assert m["weighted_f1"] == pytest.approx((5 * (1 / 3) + 3 * (2 / 5)) / 8)  # 43/120 = 0.358
+    assert m["macro_f1"] == pytest.approx((1 / 3 + 2 / 5) / 2)
+    assert m["micro_f1"] == pytest.approx(4 / 11)  # P 2/3 (labelled answers only), R 2/8
+    assert m["no_label_rate"] == pytest.approx(5 / 8)
+    # lenient: predictions F N F N N F F N; correct 1, 2, 3, 4, 7 -> 5/8.
+    # fraud: pred {1, 3, 6, 7}, tp 3, gold 5 -> P 3/4, R 3/5, F1 2/3;
+    # normal: pred {2, 4, 5, 8}, tp 2, gold 3 -> P 1/2, R 2/3, F1 4/7.
+    lenient = m["lenient"]
+    assert lenient["accuracy"] == pytest.approx(5 / 8)
+    assert lenient["weighted_f1"] == pytest.approx((5 * (2 / 3) + 3 * (4 / 7)) / 8)  # 53/84 = 0.631
+    assert lenient["macro_f1"] == pytest.approx((2 / 3 + 4 / 7) / 2)
+    assert lenient["micro_f1"] == pytest.approx(5 / 8)  # every answer has a label now
+    assert lenient["no_label_rate"] == 0.0
+    assert lenient["rescued_rate"] == pytest.approx(5 / 8)
+    assert lenient["confusion"]["matrix"] == [[3, 2, 0], [1, 2, 0]]
+
+
+def test_lenient_scene_reads_the_answer_block_first_then_the_whole_text():
+    a, b, c, taxi = "订餐服务", "外卖服务", "咨询客服", "打车服务"
+    assert {a, b, c, taxi} <= set(SCENES)
+    messy = [
+        (a, format_answer("scene", a), a, a),
+        (b, '<answer>{"scene": "外卖"}</answer>', None, None),  # not a whole label anywhere: no label
+        (b, "<think>不是订餐服务</think><answer>场景：外卖服务</answer>", None, b),  # the answer block wins
+        (a, "<think>像是订餐服务，也可能是外卖服务</think> 结论不明", None, a),  # no block: first in the text
+        (c, format_answer("scene", taxi), taxi, taxi),  # well formed and wrong
+        (c, '<answer>{"scene": "咨询客服还是外卖服务"}</answer>', None, c),  # value outside the set: first label
+    ]
+    samples = [sample_from_text(text, "scene", gold) for gold, text, _, _ in messy]
+    assert [(s.pred, s.lenient_pred) for s in samples] == [(strict, lenient) for _, _, strict, lenient in messy]
+    m = task_metrics(samples)
+    assert m["accuracy"] == pytest.approx(1 / 6)
+    assert m["lenient"]["accuracy"] == pytest.approx(4 / 6)
+    assert m["no_label_rate"] == pytest.approx(4 / 6)
+    assert m["lenient"]["no_label_rate"] == pytest.approx(1 / 6)  # scene has no default label
+    assert m["lenient"]["rescued_rate"] == pytest.approx(3 / 6)
+    # lenient per class: 订餐服务 pred {1, 4} tp 2 gold 2 -> F1 1;  外卖服务 pred {3} tp 1 gold 2 -> F1 2/3;
+    # 咨询客服 pred {6} tp 1 gold 2 -> F1 2/3;  打车服务 pred {5}, gold none -> F1 0, no weight
+    assert m["lenient"]["weighted_f1"] == pytest.approx((2 * 1 + 2 * (2 / 3) + 2 * (2 / 3)) / 6)
+
+
+def test_lenient_fraud_words_are_whole_words_in_any_case():
+    assert lenient_label("<answer>FRAUD</answer>", "fraud") == F
+    assert lenient_label("<answer>Normal call</answer>", "fraud") == N
+    assert lenient_label("这是fraud电话", "fraud") == F  # CJK next to the word is a word boundary
+    assert lenient_label("the fraudster; is_fraud; truestory", "fraud") == N  # none is a whole word: default
+    assert lenient_label("<answer>false, not true</answer>", "fraud") == N  # the first word wins
+    assert lenient_label("<answer>诈骗</answer>", "fraud") == N  # Chinese words are not read
+    assert lenient_label("", "fraud_type") is None
+    assert lenient_label("<answer>投资诈骗</answer>", "fraud_type") == "投资诈骗"
+
+
+def test_lenient_keeps_what_the_strict_reading_accepts():
+    null = format_answer("fraud", None, mode="realtime", stage=EARLY_STAGE)
+    early = sample_from_text(null, "fraud", F, EARLY_STAGE)
+    assert early.correct and early.lenient_correct and early.lenient_pred is None  # no "normal" forced onto it
+    late = sample_from_text(null, "fraud", F, LATE_STAGE)
+    assert not late.correct and late.lenient_pred == N and not late.lenient_correct
+
+
+def test_no_label_of_a_task_contains_another():
+    # the lenient reading takes the leftmost label; that is unambiguous only under this property
+    for labels in (SCENES, FRAUD_TYPES):
+        assert not [(x, y) for x in labels for y in labels if x != y and x in y]
+
+
+def test_lenient_figures_beside_strict_in_report_and_markdown():
+    samples = [sample_from_text(text, "fraud", gold) for gold, text, _, _ in MESSY_FRAUD]
+    samples.append(sample_from_text(format_answer("scene", SCENES[0]), "scene", SCENES[0]))
+    rep = report(samples, "messy")
+    assert rep["lenient_rules"] == "docs/method.md#lenient-reading"
+    assert rep["lenient_avg_weighted_f1"] == pytest.approx((53 / 84 + 1.0) / 2)
+    assert rep["avg_weighted_f1"] == pytest.approx((43 / 120 + 1.0) / 2)
+    table = markdown_table([rep])
+    strict_table, lenient_table = table.split("\n\nLenient reading")
+    assert "| messy | fraud | 8 | 25.00 | **35.83** |" in strict_table
+    assert "| messy | fraud | 8 | 25.00 | 62.50 | 35.83 | **63.10** | 61.90 | 62.50 | 62.50 | 0.00 | 62.50 |" in table
+    rows = [line for line in lenient_table.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1  # a well-formed table
+    # systems that output labels (the floor, live decisions) have no lenient reading
+    floor_like = report([sample_from_label("fraud", F, None)], "floor")
+    assert "lenient_avg_weighted_f1" not in floor_like and "lenient" not in floor_like["tasks"]["fraud"]
+    assert "Lenient" not in markdown_table([floor_like])
+
+
+def test_evaluate_writes_lenient_figures_beside_strict(tmp_path, capsys):
+    from safe_qaq import evaluate
+
+    predictions = tmp_path / "messy" / "predictions.jsonl"
+    predictions.parent.mkdir()
+    records = [{"prediction": text, "answer": gold, "task": "fraud"} for gold, text, _, _ in MESSY_FRAUD]
+    predictions.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--predictions", str(predictions), "--out", str(out), "--no-plots", "--no-floor"]) == 0
+    assert "**63.10**" in capsys.readouterr().out  # printed too
+    fraud = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["model"]["tasks"]["fraud"]
+    assert fraud["accuracy"] == pytest.approx(2 / 8) and fraud["lenient"]["accuracy"] == pytest.approx(5 / 8)
+    md = (out / "metrics.md").read_text(encoding="utf-8")
+    assert "docs/method.md#lenient-reading" in md and "| 35.83 | **63.10** |" in md
+
+
+def test_metrics_docstring_examples():
+    import doctest
+
+    import safe_qaq.metrics
+
+    result = doctest.testmod(safe_qaq.metrics)
+    assert result.failed == 0 and result.attempted >= 3

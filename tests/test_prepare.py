@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import prompt
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
+from safe_qaq.calls import chunk_bounds
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import (
     Options,
@@ -499,7 +500,7 @@ def test_plan_prefixes_by_turns_and_by_time():
     chunk=st.integers(min_value=1000, max_value=30_000),
 )
 def test_chunk_bounds_cover_the_audio(end, points, chunk):
-    bounds = audio_utils.chunk_bounds(end, points, chunk)
+    bounds = chunk_bounds(end, points, chunk)
     assert bounds[0][0] == 0 and bounds[-1][1] == end
     for (_, b), (c, _) in itertools.pairwise(bounds):
         assert b == c
@@ -507,7 +508,7 @@ def test_chunk_bounds_cover_the_audio(end, points, chunk):
     # A prefix shares every chunk of the whole call that ends before the prefix's last chunk.
     if len(bounds) > 1:
         cut = bounds[-2][1] + 1
-        prefix = audio_utils.chunk_bounds(cut, [p for p in points if p < cut], chunk)
+        prefix = chunk_bounds(cut, [p for p in points if p < cut], chunk)
         assert prefix[:-1] == bounds[: len(prefix) - 1]
 
 

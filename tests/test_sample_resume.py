@@ -99,15 +99,19 @@ def fake_engine(monkeypatch):
     return engine
 
 
-def prompt_rows(count):
+def prompt_rows(count, folder: Path):
+    """Prompt rows over placeholder audio files (the fake engine never reads them; the CLI checks they exist)."""
     tasks = [("scene", "外卖服务"), ("fraud", prompt.FRAUD), ("fraud_type", "投资诈骗")]
     rows = []
+    (folder / "audio").mkdir(exist_ok=True)
     for i in range(count):
         task, gold = tasks[i % 3]
+        audio = folder / "audio" / f"call_{i}.flac"
+        audio.touch()
         rows.append(
             {
                 "messages": prompt.build_messages(task),
-                "audios": [f"/audio/call_{i}.flac"],
+                "audios": [str(audio)],
                 "answers": gold,
                 "conversation_stage": prompt.COMPLETE,
                 "task": task,
@@ -141,7 +145,7 @@ def cli(tmp_path, *extra, n=3):
 
 
 def test_resume_generates_only_missing_prompts(tmp_path, fake_engine, capsys):
-    rows = prompt_rows(5)
+    rows = prompt_rows(5, tmp_path)
     (tmp_path / "prompts.jsonl").write_bytes(jsonl(rows))
     assert cli(tmp_path) == 0
     out = tmp_path / "out.jsonl"
@@ -162,41 +166,51 @@ def test_resume_generates_only_missing_prompts(tmp_path, fake_engine, capsys):
 
 @pytest.mark.parametrize(
     ("change", "named"),
-    [({"n": 4}, "n"), ({"extra": ["--temperature", "0.5"]}, "temperature"), ({"extra": ["--seed", "7"]}, "seed")],
+    [
+        ({"n": 4}, "n (3 -> 4)"),
+        ({"extra": ["--temperature", "0.5"]}, "sampling.temperature (0.8 -> 0.5)"),
+        ({"extra": ["--seed", "7"]}, "sampling.seed (0 -> 7)"),
+        ({"extra": ["--repetition-penalty", "1.1"]}, "sampling.repetition_penalty (1.0 -> 1.1)"),
+        ({"extra": ["--adapters", "ckpt"]}, "engine.adapters"),
+        ({"extra": ["--backend", "openai"]}, "engine.backend"),
+    ],
 )
-def test_other_settings_are_refused_unless_overwrite(tmp_path, fake_engine, change, named):
-    rows = prompt_rows(3)
+def test_other_settings_are_refused_unless_overwrite(tmp_path, fake_engine, change, named, capsys):
+    rows = prompt_rows(3, tmp_path)
     (tmp_path / "prompts.jsonl").write_bytes(jsonl(rows))
     assert cli(tmp_path) == 0
     out = tmp_path / "out.jsonl"
     before = out.read_bytes()
     n = change.get("n", 3)
-    with pytest.raises(SystemExit, match=rf"other settings \({named} differ\).*--overwrite"):
-        cli(tmp_path, *change.get("extra", []), n=n)
+    capsys.readouterr()
+    assert cli(tmp_path, *change.get("extra", []), n=n) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and named in err and "--overwrite" in err and len(err.splitlines()) == 1
     assert out.read_bytes() == before  # refused before touching the file
     assert cli(tmp_path, *change.get("extra", []), "--overwrite", n=n) == 0
     check_output(out, rows, n)
 
 
-def test_a_file_without_settings_is_not_resumed(tmp_path, fake_engine):
-    rows = prompt_rows(2)
+def test_a_file_without_settings_is_not_resumed(tmp_path, fake_engine, capsys):
+    rows = prompt_rows(2, tmp_path)
     (tmp_path / "prompts.jsonl").write_bytes(jsonl(rows))
-    (tmp_path / "out.jsonl").write_bytes(jsonl(group_lines(0, 3)))  # someone else's file, no .meta.json
-    with pytest.raises(SystemExit, match="--overwrite"):
-        cli(tmp_path)
+    (tmp_path / "out.jsonl").write_bytes(before := jsonl(group_lines(0, 3)))  # someone else's file, no .meta.json
+    assert cli(tmp_path) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.jsonl").read_bytes() == before
 
 
-def test_retrained_model_weights_are_other_settings(tmp_path, fake_engine):
+def test_retrained_model_weights_are_other_settings(tmp_path, fake_engine, capsys):
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"weights v1")
-    rows = prompt_rows(2)
+    rows = prompt_rows(2, tmp_path)
     (tmp_path / "prompts.jsonl").write_bytes(jsonl(rows))
     argv = ["--model", str(model), "--input", str(tmp_path / "prompts.jsonl"), "--output", str(tmp_path / "o.jsonl")]
     assert sample.main([*argv, "--n", "2"]) == 0
     (model / "model.safetensors").write_bytes(b"weights v2, longer")
-    with pytest.raises(SystemExit, match="model_weights"):
-        sample.main([*argv, "--n", "2"])
+    assert sample.main([*argv, "--n", "2"]) == 1
+    assert "engine.model_weights" in capsys.readouterr().err
 
 
 # --- kill -9 and resume with the real CLI on the tiny model ----------------------------------------------
@@ -262,13 +276,19 @@ def test_kill_and_resume_on_the_tiny_model(tmp_path, tiny_prompts, tiny_model):
     assert out.read_bytes().startswith(kept)  # finished groups were kept as they were, not redone
 
 
-def test_recover_stops_at_a_repeated_sample_index(tmp_path):
-    from safe_qaq.sample import recover
-
-    lines = [{"prompt_index": 0, "sample_index": k, "completion": "x"} for k in (0, 1)]
-    lines += [{"prompt_index": 1, "sample_index": k, "completion": "x"} for k in (0, 0)]  # a repeat
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        ([*group_lines(0, 2), sample_line(1, 0), sample_line(1, 0)], ":4: prompt_index 1 sample_index 0"),  # repeat
+        (group_lines(0, 2) + group_lines(0, 2), ":3: prompt_index 0"),  # a group twice
+        ([sample_line(0, 0), sample_line(1, 0), *group_lines(2, 2)], ":2: prompt_index 1"),  # a short group
+        ([*group_lines(0, 2), "garbage", *group_lines(1, 2)], ":3: not valid JSON"),  # garbage before good groups
+    ],
+)
+def test_recover_refuses_what_a_kill_cannot_leave(tmp_path, lines, named):
+    """Only a kill's leftovers are cut; anything else is named and the file is left alone."""
     output = tmp_path / "samples.jsonl"
-    output.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    kept, done = recover(output, 2)
-    assert (kept, done) == (1, {0})
-    assert len(output.read_text().splitlines()) == 2
+    output.write_bytes(before := b"".join(x.encode() + b"\n" if isinstance(x, str) else jsonl([x]) for x in lines))
+    with pytest.raises(sample.ResumeError, match=f"samples.jsonl{named}.*--overwrite"):
+        sample.recover(output, 2)
+    assert output.read_bytes() == before
