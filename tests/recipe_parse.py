@@ -4,7 +4,7 @@ Usage (under torchrun with the command's own launch arguments, or plainly for co
 
     python tests/recipe_parse.py COMMANDS.json RESULTS.json
 
-COMMANDS.json is a list of ``{"route": "rlhf"|"sft"|"export"|"rollout", "argv": [...]}``. Each argv goes
+COMMANDS.json is a list of ``{"route": "rlhf"|"sft"|"export"|"rollout"|"deploy", "argv": [...]}``. Each argv goes
 through the route's pipeline class: ``SwiftPipeline._parse_args`` -- ms-swift's parser, every
 ``__post_init__`` and the leftover-argument check -- the code ``swift <route>`` runs before it loads a model.
 Local rank 0 writes what was parsed to RESULTS.json.
@@ -84,6 +84,10 @@ def pipeline_class(route: str):
         from swift.pipelines.export.export import SwiftExport
 
         return SwiftExport
+    if route == "deploy":
+        from swift.pipelines.infer.deploy import SwiftDeploy
+
+        return SwiftDeploy
     if route == "rollout":
         # swift/pipelines/infer/rollout.py imports vLLM (GPU only) at import time; its pipeline class
         # SwiftRolloutDeploy declares `args_class = RolloutArguments` (asserted in tests/test_recipe.py).
@@ -111,7 +115,7 @@ FIELDS = (
     "temperature", "top_p", "top_k", "repetition_penalty", "max_completion_length", "num_generations",
     "per_device_train_batch_size", "gradient_accumulation_steps", "global_world_size", "resume_from_checkpoint",
     "seed", "reward_funcs", "rlhf_type", "learning_rate", "beta", "warmup_ratio", "num_train_epochs", "max_steps",
-    "sleep_level", "port", "deepspeed",
+    "sleep_level", "port", "deepspeed", "infer_backend", "served_model_name",
 )  # fmt: skip
 
 

@@ -120,7 +120,7 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
     }
     recipe = Recipe(root, standin, prepared, env)
     started = time.time()
-    recipe.run("paper", CHAIN)
+    recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
     recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": "8011"})
     recipe.run("node0", CHAIN, {**MULTI_NODE, "NODE_RANK": "0"})
     recipe.run("node1", CHAIN, {**MULTI_NODE, "NODE_RANK": "1"})
@@ -136,7 +136,8 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
     # One launch per world the commands would run in, all started at once (the two nodes must rendezvous).
     single = [c for s in ("paper", "server", "resume") for c in recipe.logs[s] if c["route"] in TRAINING]
     nodes = [[c for c in recipe.logs[s] if c["route"] in TRAINING] for s in ("node0", "node1")]
-    plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] in ("export", "rollout")]
+    plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] not in TRAINING]
+    plain = [c for c in plain if c["tool"] == "swift"]  # run without torchrun: export, rollout, deploy
     launches = [(torchrun_args(single[0]["env"]), single)]
     assert all(torchrun_args(c["env"]) == launches[0][0] for c in single)
     port = str(free_port())
@@ -174,8 +175,9 @@ def test_every_command_is_accepted_by_ms_swift(recipe):
     """Parser, __post_init__ and the leftover-argument check passed for every recorded command (fixture)."""
     routes = Counter(c["route"] for scenario in recipe.logs.values() for c in scenario if c["tool"] == "swift")
     assert routes["rlhf"] >= 10 and routes["sft"] >= 3 and routes["export"] >= 8 and routes["rollout"] == 3
+    assert routes["deploy"] == 1
     parsed_routes = {c["route"] for s in recipe.logs.values() for c in s if id(c) in recipe.parsed}
-    assert parsed_routes == {"rlhf", "sft", "export", "rollout"}
+    assert parsed_routes == {"rlhf", "sft", "export", "rollout", "deploy"}
     # Only GPU-only checks were stubbed, and each is named.
     assert set(recipe.stubs) == {
         "bf16 on a GPU", "DeepSpeed package", "vLLM server connection", "GPU count", "vLLM import"
@@ -199,7 +201,8 @@ def test_context_lengths_fit_the_model(recipe):
         for command in recipe.commands(scenario, "swift", "sft"):
             args = recipe.args(command)
             assert args["max_length"] <= MODEL_POSITIONS and args["truncation_strategy"] == "delete"
-    for command in recipe.commands("server", "swift", "rollout"):
+    serving = recipe.commands("server", "swift", "rollout") + recipe.commands("paper", "swift", "deploy")
+    for command in serving:
         assert recipe.args(command)["vllm_max_model_len"] <= MODEL_POSITIONS
 
 
@@ -222,8 +225,11 @@ def test_audios_per_row_limit_is_the_one_setting(recipe):
     expected = {"audio": MAX_AUDIOS_PER_ROW}
     colocate = [recipe.args(c) for c in recipe.commands("paper", "swift", "rlhf")]
     assert colocate and all(a["vllm_limit_mm_per_prompt"] == expected for a in colocate)
-    rollouts = [recipe.args(c) for c in recipe.commands("server", "swift", "rollout")]
-    assert rollouts and all(a["vllm_limit_mm_per_prompt"] == expected for a in rollouts)
+    servers = [recipe.args(c) for c in recipe.commands("server", "swift", "rollout")]
+    servers += [recipe.args(c) for c in recipe.commands("paper", "swift", "deploy")]
+    assert len(servers) == 4 and all(a["vllm_limit_mm_per_prompt"] == expected for a in servers)
+    (deploy,) = recipe.commands("paper", "swift", "deploy")
+    assert recipe.args(deploy)["infer_backend"] == "vllm" and recipe.args(deploy)["served_model_name"] == "safe-qaq"
 
 
 def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch):
