@@ -14,8 +14,9 @@ positions, so prompt + completion must fit in them. The stage scripts therefore 
 
 Counting is exact and cheap: the template encodes the text alone (audio is not decoded), and each
 audio adds the encoder frames its length gives, read from the file header -- the same arithmetic as
-the ``qwen2_audio_expanded`` template.  ``<out>.budget.json`` records the inputs' fingerprint; an
-unchanged rerun (a resumed stage, the other nodes of a multi-node run) reuses the result.
+the ``qwen2_audio_expanded`` template.  With ``--cache-dir`` the counts are kept under a key made of the
+dataset's bytes, the tokenizer and config files and the code, so a resumed stage, the other nodes of a
+multi-node run and a later stage on the same rows reuse them.
 
 Usage::
 
@@ -40,7 +41,12 @@ from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl
 FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
 HOP_LENGTH = 160
 MAX_MEL_FRAMES = 3000
-SUMMARY_VERSION = 1
+COUNTS_VERSION = 1
+# A stage's merged model carries the base model's copies of these: the same counts.
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
+    "special_tokens_map.json", "preprocessor_config.json",
+)  # fmt: skip
 
 
 class BudgetError(Exception):
@@ -56,15 +62,15 @@ def _sha256(path: Path) -> str:
 
 
 def model_fingerprint(model: str) -> dict[str, Any]:
-    """What of the model decides token counts and positions: its config and tokenizer files."""
+    """What of the model decides token counts and positions: its tokenizer files and its positions."""
     folder = Path(model)
     if not folder.is_dir():
         return {"model": model}  # a hub id: ms-swift resolves it; the id is what we know
     files = {}
-    for name in ("config.json", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+    for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             files[name] = _sha256(folder / name)
-    return {"model": str(folder.resolve()), "files": files}
+    return {"model": str(folder.resolve()), "files": files, "positions": local_positions(model)}
 
 
 def audio_tokens(path: str) -> int:
@@ -132,9 +138,9 @@ class Summary:
         return self.too_long + self.too_many_audios + self.unreadable
 
 
-def _paths(out: Path) -> tuple[Path, Path]:
+def _dropped_path(out: Path) -> Path:
     stem = out.with_suffix("") if out.suffix == ".jsonl" else out
-    return Path(f"{stem}.over_budget.jsonl"), Path(f"{stem}.budget.json")
+    return Path(f"{stem}.over_budget.jsonl")
 
 
 def _describe(summary: Summary, args: argparse.Namespace) -> str:
@@ -167,6 +173,44 @@ def check_context(max_positions: int, max_length: int, vllm_max_model_len: int |
             )
 
 
+def counts_key(dataset: Path, model: str) -> str:
+    """What the token counts of ``dataset`` depend on: its bytes, the model's tokenizer and config, the code."""
+    from importlib.metadata import version
+
+    here = Path(__file__).parent
+    parts = {
+        "version": COUNTS_VERSION,
+        "dataset_sha256": _sha256(dataset),
+        **model_fingerprint(model),
+        "ms_swift": version("ms-swift"),  # without importing it: a reuse stays cheap
+        "template_plugin": _sha256(here / "qwen2_audio_template.py"),
+        "budget": _sha256(Path(__file__)),
+    }
+    parts.pop("model", None)  # a merged copy with the same tokenizer counts the same
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def count_rows(dataset: Path, model: str) -> list[dict[str, Any]]:
+    """Per row: its audios and tokens, or why it could not be counted (ms-swift loaded once)."""
+    try:
+        counter = Counter.load(model)
+    except Exception as error:  # ms-swift raises many kinds for a model it cannot resolve
+        raise BudgetError(f"cannot load the tokenizer and config of {model}: {error}") from error
+    counts = []
+    for line_number, row in iter_jsonl(dataset):
+        entry: dict[str, Any] = {
+            "row": line_number,
+            "audios": len(row.get("audios") or []),
+            "call_id": row.get("call_id"),
+        }
+        try:
+            entry["tokens"] = counter.tokens(row)
+        except Exception as error:  # soundfile/librosa raise many kinds for a file they cannot read
+            entry["error"] = f"unreadable_audio: {error}"
+        counts.append(entry)
+    return [{"max_position_embeddings": counter.max_position_embeddings}, *counts]
+
+
 def run(args: argparse.Namespace) -> Summary:
     dataset, out = Path(args.dataset), Path(args.out)
     if not dataset.is_file():
@@ -179,50 +223,38 @@ def run(args: argparse.Namespace) -> Summary:
     positions = local_positions(args.model)
     if positions is not None:
         check_context(positions, args.max_length, args.vllm_max_model_len, args.model)
-    dropped_path, summary_path = _paths(out)
-    fingerprint = {
-        "version": SUMMARY_VERSION,
-        "dataset": str(dataset.resolve()),
-        "dataset_sha256": _sha256(dataset),
-        **model_fingerprint(args.model),
-        "max_length": args.max_length,
-        "completion_tokens": args.completion_tokens,
-        "max_audios": args.max_audios,
-        "vllm_max_model_len": args.vllm_max_model_len,
-    }
-    if out.is_file() and summary_path.is_file():
-        previous = json.loads(summary_path.read_text(encoding="utf-8"))
-        if previous.get("fingerprint") == fingerprint:
-            summary = Summary(**previous["summary"])
-            _check_fraction(summary, args, dropped_path)
-            print(_describe(summary, args) + " (unchanged, reused)")
-            return summary
 
-    try:
-        counter = Counter.load(args.model)
-    except Exception as error:  # ms-swift raises many kinds for a model it cannot resolve
-        raise BudgetError(f"cannot load the tokenizer and config of {args.model}: {error}") from error
-    check_context(counter.max_position_embeddings, args.max_length, args.vllm_max_model_len, args.model)
+    # Token counts are cached by content: a resumed stage, the other nodes, a later stage on the same rows
+    # with a merged copy of the same tokenizer, or other budget settings reuse them without loading ms-swift.
+    cache = Path(args.cache_dir) / f"{counts_key(dataset, args.model)}.json" if args.cache_dir else None
+    reused = cache is not None and cache.is_file()
+    if reused:
+        header, *counts = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        header, *counts = count_rows(dataset, args.model)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(f"{cache}.partial.{os.getpid()}")
+            partial.write_text(json.dumps([header, *counts]), encoding="utf-8")
+            os.replace(partial, cache)
+    check_context(header["max_position_embeddings"], args.max_length, args.vllm_max_model_len, args.model)
 
     summary = Summary(limit=limit)
+    dropped_path = _dropped_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial_out, partial_dropped = Path(f"{out}.partial.{os.getpid()}"), Path(f"{dropped_path}.partial.{os.getpid()}")
     try:
         with open(partial_out, "w", encoding="utf-8") as kept, open(partial_dropped, "w", encoding="utf-8") as drop:
-            for line_number, row in iter_jsonl(dataset):
+            for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
                 summary.rows += 1
-                reason, tokens, audios = None, None, len(row.get("audios") or [])
+                tokens, audios = count.get("tokens"), count["audios"]
                 if audios > args.max_audios:
                     reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
+                elif "error" in count:
+                    reason, summary.unreadable = count["error"], summary.unreadable + 1
+                elif tokens > limit:
+                    reason, summary.too_long = "too_long", summary.too_long + 1
                 else:
-                    try:
-                        tokens = counter.tokens(row)
-                    except Exception as error:  # soundfile/librosa raise many kinds for a file they cannot read
-                        reason, summary.unreadable = f"unreadable_audio: {error}", summary.unreadable + 1
-                    else:
-                        if tokens > limit:
-                            reason, summary.too_long = "too_long", summary.too_long + 1
-                if reason is None:
                     summary.kept += 1
                     summary.longest_kept = max(summary.longest_kept, tokens)
                     kept.write(dumps(row))
@@ -238,12 +270,7 @@ def run(args: argparse.Namespace) -> Summary:
     finally:
         for path in (partial_out, partial_dropped):
             path.unlink(missing_ok=True)
-    partial_summary = Path(f"{summary_path}.partial.{os.getpid()}")
-    partial_summary.write_text(
-        json.dumps({"fingerprint": fingerprint, "summary": summary.__dict__}, indent=1), encoding="utf-8"
-    )
-    os.replace(partial_summary, summary_path)
-    print(_describe(summary, args))
+    print(_describe(summary, args) + (" (token counts reused)" if reused else ""))
     for example in summary.dropped_examples:
         print(f"  dropped {example}")
     _check_fraction(summary, args, dropped_path)
@@ -273,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-audios", type=int, required=True, help="most <audio> entries per row")
     parser.add_argument("--vllm-max-model-len", type=int, help="vLLM context, checked against the model's too")
     parser.add_argument("--max-drop-fraction", type=float, default=0.05, help="stop when more rows than this drop")
+    parser.add_argument("--cache-dir", help="token counts kept here by content (dataset, tokenizer, code) for reuse")
     args = parser.parse_args(argv)
     try:
         run(args)

@@ -53,6 +53,7 @@ SAVE_STEPS="${SAVE_STEPS:-100}"
 LOGGING_STEPS="${LOGGING_STEPS:-5}"
 # Training rows over MAX_LENGTH (or with too many audios) are dropped with a count; more than this fraction stops.
 MAX_DROP_FRACTION="${MAX_DROP_FRACTION:-0.05}"
+BUDGET_CACHE="${BUDGET_CACHE:-$OUTPUT_ROOT/.budget_cache}"  # token counts by content, reused by later runs
 # The one bound on <audio> entries per row, shared with `prepare` and the inference engines (safe_qaq/audio.py).
 MAX_AUDIOS_PER_ROW="$(sed -n 's/^MAX_AUDIOS_PER_ROW = \([0-9][0-9]*\)$/\1/p' "$ROOT/safe_qaq/audio.py")"
 if [ -z "$MAX_AUDIOS_PER_ROW" ]; then
@@ -181,7 +182,8 @@ within_budget() {
     local kept="$run/budget/$(basename "$dataset")"
     "$PYTHON" -m safe_qaq.budget --model "$model" --dataset "$dataset" --out "$kept" \
         --max-length "$MAX_LENGTH" --completion-tokens "$completion" --max-audios "$MAX_AUDIOS_PER_ROW" \
-        --vllm-max-model-len "$VLLM_MAX_MODEL_LEN" --max-drop-fraction "$MAX_DROP_FRACTION" >&2 || exit $?
+        --vllm-max-model-len "$VLLM_MAX_MODEL_LEN" --max-drop-fraction "$MAX_DROP_FRACTION" \
+        --cache-dir "$BUDGET_CACHE" >&2 || exit $?
     echo "$kept"
 }
 

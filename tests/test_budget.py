@@ -71,26 +71,29 @@ def test_rows_over_budget_are_dropped_with_a_count_and_listed(tiny_model, prepar
 def test_too_many_dropped_rows_stop_the_stage_and_the_rerun_too(tiny_model, prepared, tmp_path, capsys):
     dataset = tmp_path / "rows.jsonl"
     shutil.copy(prepared / "offline_train.jsonl", dataset)
-    out = tmp_path / "budget" / "rows.jsonl"
-    assert run_budget(tiny_model, dataset, out, max_length=1100) == 1
+    out, cache = tmp_path / "budget" / "rows.jsonl", tmp_path / "cache"
+    assert run_budget(tiny_model, dataset, out, max_length=1100, cache_dir=cache) == 1
     error = capsys.readouterr().err
     assert "more than --max-drop-fraction 0.05" in error and "rows.over_budget.jsonl" in error
-    assert run_budget(tiny_model, dataset, out, max_length=1100) == 1  # the reused result still refuses
+    assert run_budget(tiny_model, dataset, out, max_length=1100, cache_dir=cache) == 1  # reused counts, same refusal
     assert "over budget" in capsys.readouterr().err
 
 
-def test_an_unchanged_rerun_reuses_the_result_and_a_change_recounts(tiny_model, prepared, tmp_path, capsys):
+def test_token_counts_are_reused_by_content(tiny_model, prepared, tmp_path, capsys):
     dataset = write_jsonl(tmp_path / "rows.jsonl", read_jsonl(prepared / "offline_train.jsonl")[:3])
-    out = tmp_path / "budget" / "rows.jsonl"
-    assert run_budget(tiny_model, dataset, out) == 0
-    assert "reused" not in capsys.readouterr().out
-    assert run_budget(tiny_model, dataset, out) == 0
-    assert "(unchanged, reused)" in capsys.readouterr().out
-    assert run_budget(tiny_model, dataset, out, completion_tokens=10) == 0  # another setting
-    assert "reused" not in capsys.readouterr().out
+    out, cache = tmp_path / "budget" / "rows.jsonl", tmp_path / "cache"
+    assert run_budget(tiny_model, dataset, out, cache_dir=cache) == 0
+    assert "(token counts reused)" not in capsys.readouterr().out
+    first = read_jsonl(out)
+    assert run_budget(tiny_model, dataset, out, cache_dir=cache) == 0  # a resumed stage, another node
+    assert "(token counts reused)" in capsys.readouterr().out and read_jsonl(out) == first
+    merged = tmp_path / "merged"  # a later stage: a merged model with the same tokenizer
+    shutil.copytree(tiny_model, merged)
+    assert run_budget(merged, dataset, tmp_path / "lcrl" / "rows.jsonl", completion_tokens=10, cache_dir=cache) == 0
+    assert "(token counts reused)" in capsys.readouterr().out
     write_jsonl(dataset, read_jsonl(prepared / "offline_train.jsonl")[:2])  # other rows at the same path
-    assert run_budget(tiny_model, dataset, out) == 0
-    assert "reused" not in capsys.readouterr().out and len(read_jsonl(out)) == 2
+    assert run_budget(tiny_model, dataset, out, cache_dir=cache) == 0
+    assert "(token counts reused)" not in capsys.readouterr().out and len(read_jsonl(out)) == 2
 
 
 def test_a_context_longer_than_the_model_is_refused(tiny_model, tmp_path, capsys):
