@@ -123,10 +123,21 @@ elif module == "safe_qaq.process_samples":
 """
 
 
+STANDIN_NVIDIA_SMI = """#!/bin/sh
+# One GPU, and two memory samples for scripts/gpu_check.sh's poller.
+if [ "$1" = "-L" ]; then echo "GPU 0: stand-in (UUID: GPU-0)"; exit 0; fi
+echo "0, 1024"
+echo "0, 2048"
+"""
+
+
 def write_standin_tools(bin_dir: Path) -> dict[str, str]:
     """Stand-in `swift` and `python` that record their arguments (RECIPE_LOG) and leave what the next step reads."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    tools = {}
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(STANDIN_NVIDIA_SMI)
+    smi.chmod(0o755)
+    tools = {"NVIDIA_SMI": str(smi)}
     for name, body in (("swift", STANDIN_SWIFT), ("python", STANDIN_PYTHON)):
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n" + body % {"dist_env": DIST_ENV, "python": sys.executable})

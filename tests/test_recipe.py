@@ -116,6 +116,7 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
         "OUTPUT_ROOT": str(root / "outputs"),
         "RECIPE_STANDIN": str(standin),
         "RECIPE_RSFT_ROWS": str(prepared / "sft_train.jsonl"),
+        "BUDGET_CACHE": str(root / "budget_cache"),  # shared by every scenario, as by a user's reruns
         **tools,
     }
     recipe = Recipe(root, standin, prepared, env)
@@ -130,6 +131,7 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
     checkpoint = root / "outputs" / "stage1_grpo" / "checkpoint-100"
     checkpoint.mkdir(parents=True, exist_ok=True)
     recipe.run("resume", ["run_swift_grpo_stage1.sh"], {"RESUME_FROM_CHECKPOINT": str(checkpoint)})
+    recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
 
     print(f"scripts: {time.time() - started:.0f} s")
     started = time.time()
@@ -147,6 +149,8 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
         launch[launch.index("--master_addr") + 1] = "127.0.0.1"
         launch[launch.index("--master_port") + 1] = port
         launches.append((launch, node_commands))
+    one_gpu = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
+    launches.append((torchrun_args(one_gpu[0]["env"]), one_gpu))
     launches.append((None, plain))
     work = root / "parse"
     work.mkdir()
@@ -207,6 +211,9 @@ def test_context_lengths_fit_the_model(recipe):
 
 
 def test_training_rows_fit_the_budget_and_the_audio_limit(recipe):
+    from safe_qaq.budget import Counter
+
+    counter = Counter.load(str(recipe.standin))
     for command in recipe.commands("paper", "swift"):
         if command["route"] not in TRAINING:
             continue
@@ -215,10 +222,8 @@ def test_training_rows_fit_the_budget_and_the_audio_limit(recipe):
         assert dataset.parent.name == "budget"  # the checked copy, not the raw file
         rows = read_jsonl(dataset)
         assert rows and all(len(row["audios"]) <= MAX_AUDIOS_PER_ROW for row in rows)
-        summary = json.loads(dataset.with_suffix(".budget.json").read_text())["summary"]
         reserved = args.get("max_completion_length", 0) if command["route"] == "rlhf" else 0
-        assert summary["longest_kept"] + reserved <= MODEL_POSITIONS
-        assert summary["kept"] == len(rows)
+        assert max(counter.tokens(row) for row in rows) + reserved <= MODEL_POSITIONS
 
 
 def test_audios_per_row_limit_is_the_one_setting(recipe):
@@ -288,7 +293,7 @@ def test_lora_targets_stay_outside_the_audio_tower(recipe, qwen2_audio_7b_module
 
 
 def test_generation_batch_divides_into_groups(recipe):
-    for scenario, world in (("paper", 3), ("server", 3), ("node0", 6), ("node1", 6)):
+    for scenario, world in (("paper", 3), ("server", 3), ("node0", 6), ("node1", 6), ("gpu_check", 1)):
         for command in recipe.commands(scenario, "swift", "rlhf"):
             args = recipe.args(command)
             assert args["world_size"] == world
@@ -380,7 +385,7 @@ def test_resume_continues_the_same_run_on_the_same_rows(recipe):
     args = recipe.args(resumed)
     assert args["resume_from_checkpoint"].endswith("stage1_grpo/checkpoint-100")
     assert flag(resumed["argv"], "--dataset") == flag(first["argv"], "--dataset")
-    assert "unchanged, reused" in recipe.outputs["resume"][0]
+    assert "(token counts reused)" in recipe.outputs["resume"][0]
     without = [a for a in resumed["argv"] if a not in ("--resume_from_checkpoint", args["resume_from_checkpoint"])]
     assert without == first["argv"]
 
@@ -405,3 +410,21 @@ def test_the_scripts_read_the_audio_limit_from_its_one_definition():
     text = (ROOT / "safe_qaq" / "audio.py").read_text()
     assert re.search(rf"^MAX_AUDIOS_PER_ROW = {MAX_AUDIOS_PER_ROW}$", text, re.M)
     assert '"audio": 8' not in (ROOT / "scripts" / "common.sh").read_text()
+
+
+def test_gpu_check_runs_the_recipe_for_two_steps_on_the_gpus_it_finds(recipe):
+    training = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
+    assert [c["route"] for c in training] == ["rlhf", "sft", "rlhf", "rlhf"]
+    for command in training:
+        args = recipe.args(command)
+        assert args["max_steps"] == 2 and args["world_size"] == 1 and command["env"]["NPROC_PER_NODE"] == "1"
+        assert args.get("use_vllm", True) and args["max_length"] <= MODEL_POSITIONS
+    grpo = [recipe.args(c) for c in training if c["route"] == "rlhf"]
+    assert all(a["gradient_accumulation_steps"] == 3 and a["generation_batch_size"] == 9 for a in grpo)
+    routes = [c["route"] for c in recipe.logs["gpu_check"]]
+    assert routes.count("export") == 4 and "safe_qaq.sample" in routes and "safe_qaq.evaluate" in routes
+    text = recipe.outputs["gpu_check"][0]
+    assert "| stage | wall s | steps | s/step | peak GPU memory (GiB)" in text
+    for stage in ("1-grpo", "2a-sample", "2b-rsft", "2c-lcrl", "3-realtime", "4-evaluate"):
+        assert f"| {stage} |" in text
+    assert "| 1-grpo |" in text and "| 2.0 |" in text  # the stand-in nvidia-smi's 2048 MiB peak
