@@ -291,3 +291,28 @@ def test_a_missing_audio_file_fails_the_request_instead_of_hanging(missing_audio
 def test_a_missing_audio_file_error_names_the_file_in_one_line(missing_audio):
     stderr = missing_audio["result"].stderr
     assert missing_audio["missing"] in stderr and "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_gpu_report_reads_what_real_stages_leave(chain):
+    """scripts/gpu_report.py on the chain's real ms-swift logs (the part of gpu_check.sh a CPU can run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
+    gpu_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_report)
+    check = chain.out / "gpu_check"
+    check.mkdir(exist_ok=True)
+    timings = {"1-grpo": chain.seconds["stage1"], "2a-sample": chain.seconds["sample"], "2b-rsft": 1.0}
+    lines = [json.dumps({"stage": stage, "ms": seconds * 1000}) for stage, seconds in timings.items()]
+    (check / "timings.jsonl").write_text("\n".join(lines) + "\n")
+    (check / "1-grpo.memory.csv").write_text("0, 512\n1, 3072\n0, 1024\n")
+    assert gpu_report.main([str(chain.out)]) == 0
+    rows = {row["stage"]: row for row in json.loads((check / "report.json").read_text())}
+    (step,) = [e for e in read_jsonl(chain.out / "stage1_grpo" / "logging.jsonl") if "loss" in e]
+    grpo = rows["1-grpo"]
+    assert grpo["steps"] == 1 and grpo["s_per_step"] == pytest.approx(step["step_time"])
+    assert grpo["rollout_tokens_per_s"] == pytest.approx(step["completions/mean_length"] * 4 / step["step_time"])
+    assert grpo["peak_gpu_gib"] == 3.0 and rows["2b-rsft"]["peak_gpu_gib"] is None
+    assert rows["2b-rsft"]["steps"] == 1 and rows["2b-rsft"]["s_per_step"] > 0
+    assert rows["2a-sample"]["completions"] == 16 and rows["2a-sample"]["rollout_tokens_per_s"] > 0
+    assert "| 1-grpo |" in (check / "report.md").read_text()
