@@ -1,4 +1,4 @@
-# Shared settings of the six SAFE-QAQ stage scripts. Sourced, never run directly.
+# Shared settings of the SAFE-QAQ stage scripts. Sourced, never run directly.
 #
 # Every value is an environment variable with a default; set it before calling a stage script:
 #   MODEL=/models/Qwen2-Audio-7B-Instruct NPROC_PER_NODE=3 bash run_swift_grpo_stage1.sh
@@ -91,7 +91,7 @@ fi
 for var in NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT CUDA_VISIBLE_DEVICES; do
     if [ -n "${!var:-}" ]; then export "${var?}"; fi
 done
-VLLM_MODE="${VLLM_MODE:-colocate}"  # or 'server' (start `swift rollout` first; README)
+VLLM_MODE="${VLLM_MODE:-colocate}"  # or 'server': start scripts/rollout.sh first (README)
 VLLM_SERVER_HOST="${VLLM_SERVER_HOST:-127.0.0.1}"
 VLLM_SERVER_PORT="${VLLM_SERVER_PORT:-8000}"
 VLLM_GPU_MEMORY_UTILIZATION="${VLLM_GPU_MEMORY_UTILIZATION:-0.5}"

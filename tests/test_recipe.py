@@ -122,7 +122,9 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
     recipe = Recipe(root, standin, prepared, env)
     started = time.time()
     recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
-    recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": "8011"})
+    # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
+    recipe.server_port = free_port()
+    recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": str(recipe.server_port)})
     recipe.run("node0", CHAIN, {**MULTI_NODE, "NODE_RANK": "0"})
     recipe.run("node1", CHAIN, {**MULTI_NODE, "NODE_RANK": "1"})
     samples = root / "outputs" / "stage2_samples"
@@ -350,10 +352,10 @@ def test_server_mode_serves_the_model_each_stage_starts_from(recipe):
     assert len(rollouts) == len(grpo) == 3
     for rollout, stage in zip(rollouts, grpo, strict=True):
         assert recipe.args(rollout)["model"] == recipe.args(stage)["model"]
-        assert recipe.args(rollout)["port"] == 8011
+        assert recipe.args(rollout)["port"] == recipe.server_port
         args = recipe.args(stage)
         assert args["vllm_mode"] == "server" and args["vllm_clients"] == [
-            {"hosts": ["127.0.0.1"], "server_ports": [8011], "base_urls": None}
+            {"hosts": ["127.0.0.1"], "server_ports": [recipe.server_port], "base_urls": None}
         ]
 
 
