@@ -20,7 +20,7 @@ REWARD_PLUGIN="$ROOT/rewards.py"
 DATA_DIR="${DATA_DIR:-$ROOT/data/prepared}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-$ROOT/outputs}"
 
-# --- the recipe (docs/method.md) --------------------------------------------------------------
+# --- the recipe (docs/method.md#training-recipe) --------------------------------------------
 LORA_RANK="${LORA_RANK:-32}"
 LORA_ALPHA="${LORA_ALPHA:-64}"
 TARGET_MODULES="${TARGET_MODULES:-q_proj v_proj}"
