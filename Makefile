@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TINY_MODEL := models/tiny-qwen2-audio
 
-.PHONY: install test test-fast lint format demo model data bench clean
+.PHONY: install test test-fast check-recipe lint format demo model data bench clean
 
 $(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 # Everything except the tests that run real ms-swift training/inference.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The paper recipe (PROFILE=paper) checked on CPU: every stage command parsed by ms-swift 4.6 under torchrun
+# against a config-only Qwen2-Audio-7B-Instruct. Also part of `make test`.
+check-recipe: $(STAMP)
+	$(PY) -m pytest tests/test_recipe.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

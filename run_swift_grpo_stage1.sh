@@ -3,6 +3,7 @@
 # think-length bonus because the base model has had no SFT (drop it when starting from one).
 source "$(dirname "$0")/scripts/common.sh"
 REWARD_FUNCS="${REWARD_FUNCS:-adaptive_classification prompt_format think_length_reward_300}"
-run_grpo "${STAGE1_MODEL:-$MODEL}" "${STAGE1_DATASET:-$DATA_DIR/offline_train.jsonl}" "$STAGE1_DIR" "$WARMUP_RATIO" "$@"
+run_grpo "$(grpo_start_model stage1)" "${STAGE1_DATASET:-$DATA_DIR/offline_train.jsonl}" "$STAGE1_DIR" \
+    "$WARMUP_RATIO" "$@"
 merge_lora "$STAGE1_DIR"
 echo "stage 1 done: $(merged_dir "$STAGE1_DIR")"

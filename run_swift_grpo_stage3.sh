@@ -4,6 +4,6 @@
 source "$(dirname "$0")/scripts/common.sh"
 require_stage "$STAGE2_LCRL_DIR" "run_swift_grpo_stage2_LCRL.sh"
 REWARD_FUNCS="${REWARD_FUNCS:-adaptive_classification prompt_format stage_classification}"
-run_grpo "$(merged_dir "$STAGE2_LCRL_DIR")" "${REALTIME_DATASET:-$DATA_DIR/realtime_train.jsonl}" "$STAGE3_DIR" 0 "$@"
+run_grpo "$(grpo_start_model realtime)" "${REALTIME_DATASET:-$DATA_DIR/realtime_train.jsonl}" "$STAGE3_DIR" 0 "$@"
 merge_lora "$STAGE3_DIR"
 echo "stage 3 done: $(merged_dir "$STAGE3_DIR")"

@@ -3,6 +3,12 @@
 source "$(dirname "$0")/scripts/common.sh"
 require_stage "$STAGE1_DIR" "run_swift_grpo_stage1.sh"
 RSFT_DATASET="${RSFT_DATASET:-$SAMPLES_DIR/rsft.jsonl}"
+if [ "$RSFT_DATASET" = "$SAMPLES_DIR/rsft.jsonl" ]; then
+    # process_samples.sh (node 0) renames rsft.jsonl, then unsolved.jsonl, into place when it is done.
+    wait_for_node0 "$SAMPLES_DIR/unsolved.jsonl" "$(merged_dir "$STAGE1_DIR")/config.json"
+else
+    wait_for_node0 "$RSFT_DATASET"
+fi
 if [ ! -s "$RSFT_DATASET" ] && [ "$PROFILE" = "smoke" ]; then
     # A randomly initialised tiny model never answers correctly, so nothing is kept; the smoke run
     # trains on the prepared gold answers instead to keep the chain going. A real run stops here.

@@ -264,6 +264,8 @@ def make_engine(
     if backend == "vllm":
         from swift.infer_engine import AdapterRequest, VllmEngine
 
+        from safe_qaq.audio import MAX_AUDIOS_PER_ROW
+
         lora = {"enable_lora": True, "max_lora_rank": engine_kwargs.pop("max_lora_rank", 64)} if adapters else {}
         if len(adapters) > 1:
             raise ValueError("the vllm backend serves one LoRA adapter; merge the others with `swift export`")
@@ -271,7 +273,7 @@ def make_engine(
             model,
             model_type=model_type,
             template_type=template.TEMPLATE_TYPE,
-            limit_mm_per_prompt=engine_kwargs.pop("limit_mm_per_prompt", {"audio": 8}),
+            limit_mm_per_prompt=engine_kwargs.pop("limit_mm_per_prompt", {"audio": MAX_AUDIOS_PER_ROW}),
             **lora,
             **engine_kwargs,
         )

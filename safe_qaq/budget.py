@@ -1,0 +1,317 @@
+"""The token budget of training rows, checked before a stage starts: nothing is ever silently truncated.
+
+Why: ms-swift's default for GRPO is ``--truncation_strategy left``, which keeps every ``<|AUDIO|>`` token
+of a row over ``--max_length`` and cuts the system prompt and the question instead; for multimodal SFT
+its lazy dataset silently swaps an over-long row for another. And Qwen2-Audio-7B-Instruct has 8192
+positions, so prompt + completion must fit in them. The stage scripts therefore run this first:
+
+* the model's context (``max_position_embeddings``) must hold ``--max-length`` and the vLLM context;
+* a row fits when its tokens -- the template's text, one ``<|AUDIO|>`` per audio-encoder frame, the
+  answer for SFT rows -- plus ``--completion-tokens`` (GRPO's completion budget) stay within
+  ``--max-length``, and it carries at most ``--max-audios`` audios (vLLM's ``limit_mm_per_prompt``);
+* rows that fit are written to ``--out``; the others go to ``<out>.over_budget.jsonl`` with the reason,
+  and the count is printed. More than ``--max-drop-fraction`` dropped (or nothing kept) stops the stage.
+
+Counting is exact and cheap: the template encodes the text alone (audio is not decoded), and each
+audio adds the encoder frames its length gives, read from the file header -- the same arithmetic as
+the ``qwen2_audio_expanded`` template.  With ``--cache-dir`` the counts are kept under a key made of the
+dataset's bytes, the tokenizer and config files and the code, so a resumed stage, the other nodes of a
+multi-node run and a later stage on the same rows reuse them.
+
+Usage::
+
+    python -m safe_qaq.budget --model MODEL --dataset rows.jsonl --out run/budget/rows.jsonl \\
+        --max-length 8192 --completion-tokens 2048 --max-audios 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl
+
+FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
+HOP_LENGTH = 160
+MAX_MEL_FRAMES = 3000
+COUNTS_VERSION = 1
+# A stage's merged model carries the base model's copies of these: the same counts.
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
+    "special_tokens_map.json", "preprocessor_config.json",
+)  # fmt: skip
+
+
+class BudgetError(Exception):
+    """A problem with the inputs that stops the stage (the message says which and why)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: str) -> dict[str, Any]:
+    """What of the model decides token counts and positions: its tokenizer files and its positions."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return {"model": model}  # a hub id: ms-swift resolves it; the id is what we know
+    files = {}
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            files[name] = _sha256(folder / name)
+    return {"model": str(folder.resolve()), "files": files, "positions": local_positions(model)}
+
+
+def audio_tokens(path: str) -> int:
+    """``<|AUDIO|>`` tokens the expanded template writes for ``path``, from its header (not decoded)."""
+    import soundfile as sf
+
+    from safe_qaq.qwen2_audio_template import encoder_frames
+
+    try:
+        info = sf.info(path)
+        samples = math.ceil(info.frames * FEATURE_RATE / info.samplerate)
+    except RuntimeError:  # a format libsndfile cannot open; librosa (what ms-swift falls back to) can
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"missing audio file {path}") from None
+        import librosa
+
+        samples = math.ceil(librosa.get_duration(path=path) * FEATURE_RATE)
+    return encoder_frames(min(MAX_MEL_FRAMES, math.ceil(samples / HOP_LENGTH)))
+
+
+@dataclass
+class Counter:
+    """Counts a row's tokens with the training template; built once per model."""
+
+    template: Any
+    max_position_embeddings: int
+
+    @classmethod
+    def load(cls, model: str) -> Counter:
+        from swift.model import get_model_processor
+        from swift.template import get_template
+
+        from safe_qaq.qwen2_audio_template import TEMPLATE_TYPE
+
+        _, processor = get_model_processor(model, model_type="qwen2_audio", load_model=False)
+        template = get_template(processor, template_type=TEMPLATE_TYPE)
+        template.set_mode("train")
+        return cls(template, int(processor.model_info.max_model_len))
+
+    def tokens(self, row: dict[str, Any]) -> int:
+        """Tokens of ``row`` as training encodes it (prompt, and the answer when the row has one)."""
+        from swift.template import Template, TemplateInputs
+
+        audios = list(row.get("audios") or [])
+        inputs = TemplateInputs.from_dict({"messages": row["messages"], "audios": list(audios)}).chosen
+        self.template._preprocess_inputs(inputs)
+        # The stock Template._encode: the text with one <|AUDIO|> per audio, without decoding any audio.
+        text_tokens = len(Template._encode(self.template, inputs)["input_ids"])
+        return text_tokens + sum(audio_tokens(path) - 1 for path in audios)
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    kept: int = 0
+    too_long: int = 0
+    too_many_audios: int = 0
+    unreadable: int = 0
+    longest_kept: int = 0
+    limit: int = 0
+    dropped_examples: list[str] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> int:
+        return self.too_long + self.too_many_audios + self.unreadable
+
+
+def _dropped_path(out: Path) -> Path:
+    stem = out.with_suffix("") if out.suffix == ".jsonl" else out
+    return Path(f"{stem}.over_budget.jsonl")
+
+
+def _describe(summary: Summary, args: argparse.Namespace) -> str:
+    prompt = f"{summary.limit} tokens" + (
+        f" (MAX_LENGTH {args.max_length} - {args.completion_tokens} completion)" if args.completion_tokens else ""
+    )
+    return (
+        f"budget: {summary.rows} rows of {args.dataset}: {summary.kept} kept, {summary.dropped} dropped "
+        f"({summary.too_long} over {prompt}, {summary.too_many_audios} with more than {args.max_audios} audios, "
+        f"{summary.unreadable} with an unreadable audio); longest kept {summary.longest_kept} tokens -> {args.out}"
+    )
+
+
+def local_positions(model: str) -> int | None:
+    """max_position_embeddings from a local model's config.json (None for a hub id): a cheap early check."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    value = (config.get("text_config") or {}).get("max_position_embeddings", config.get("max_position_embeddings"))
+    return int(value) if value else None
+
+
+def check_context(max_positions: int, max_length: int, vllm_max_model_len: int | None, model: str) -> None:
+    for name, value in (("MAX_LENGTH", max_length), ("VLLM_MAX_MODEL_LEN", vllm_max_model_len)):
+        if value is not None and value > max_positions:
+            raise BudgetError(
+                f"{name} {value} is longer than the model's {max_positions} positions "
+                f"(max_position_embeddings of {model}); set {name} <= {max_positions}"
+            )
+
+
+def counts_key(dataset: Path, model: str) -> str:
+    """What the token counts of ``dataset`` depend on: its bytes, the model's tokenizer and config, the code."""
+    from importlib.metadata import version
+
+    here = Path(__file__).parent
+    parts = {
+        "version": COUNTS_VERSION,
+        "dataset_sha256": _sha256(dataset),
+        **model_fingerprint(model),
+        "ms_swift": version("ms-swift"),  # without importing it: a reuse stays cheap
+        "template_plugin": _sha256(here / "qwen2_audio_template.py"),
+        "budget": _sha256(Path(__file__)),
+    }
+    parts.pop("model", None)  # a merged copy with the same tokenizer counts the same
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def count_rows(dataset: Path, model: str) -> list[dict[str, Any]]:
+    """Per row: its audios and tokens, or why it could not be counted (ms-swift loaded once)."""
+    try:
+        counter = Counter.load(model)
+    except Exception as error:  # ms-swift raises many kinds for a model it cannot resolve
+        raise BudgetError(f"cannot load the tokenizer and config of {model}: {error}") from error
+    counts = []
+    for line_number, row in iter_jsonl(dataset):
+        entry: dict[str, Any] = {
+            "row": line_number,
+            "audios": len(row.get("audios") or []),
+            "call_id": row.get("call_id"),
+        }
+        try:
+            entry["tokens"] = counter.tokens(row)
+        except Exception as error:  # soundfile/librosa raise many kinds for a file they cannot read
+            entry["error"] = f"unreadable_audio: {error}"
+        counts.append(entry)
+    return [{"max_position_embeddings": counter.max_position_embeddings}, *counts]
+
+
+def run(args: argparse.Namespace) -> Summary:
+    dataset, out = Path(args.dataset), Path(args.out)
+    if not dataset.is_file():
+        raise BudgetError(f"{dataset}: no such file")
+    limit = args.max_length - args.completion_tokens
+    if limit <= 0:
+        raise BudgetError(
+            f"--completion-tokens {args.completion_tokens} leaves no room in --max-length {args.max_length}"
+        )
+    positions = local_positions(args.model)
+    if positions is not None:
+        check_context(positions, args.max_length, args.vllm_max_model_len, args.model)
+
+    # Token counts are cached by content: a resumed stage, the other nodes, a later stage on the same rows
+    # with a merged copy of the same tokenizer, or other budget settings reuse them without loading ms-swift.
+    cache = Path(args.cache_dir) / f"{counts_key(dataset, args.model)}.json" if args.cache_dir else None
+    reused = cache is not None and cache.is_file()
+    if reused:
+        header, *counts = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        header, *counts = count_rows(dataset, args.model)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(f"{cache}.partial.{os.getpid()}")
+            partial.write_text(json.dumps([header, *counts]), encoding="utf-8")
+            os.replace(partial, cache)
+    check_context(header["max_position_embeddings"], args.max_length, args.vllm_max_model_len, args.model)
+
+    summary = Summary(limit=limit)
+    dropped_path = _dropped_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial_out, partial_dropped = Path(f"{out}.partial.{os.getpid()}"), Path(f"{dropped_path}.partial.{os.getpid()}")
+    try:
+        with open(partial_out, "w", encoding="utf-8") as kept, open(partial_dropped, "w", encoding="utf-8") as drop:
+            for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
+                summary.rows += 1
+                tokens, audios = count.get("tokens"), count["audios"]
+                if audios > args.max_audios:
+                    reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
+                elif "error" in count:
+                    reason, summary.unreadable = count["error"], summary.unreadable + 1
+                elif tokens > limit:
+                    reason, summary.too_long = "too_long", summary.too_long + 1
+                else:
+                    summary.kept += 1
+                    summary.longest_kept = max(summary.longest_kept, tokens)
+                    kept.write(dumps(row))
+                    continue
+                record = {"row": line_number, "reason": reason, "tokens": tokens, "limit": limit, "audios": audios}
+                record["call_id"] = row.get("call_id")
+                drop.write(dumps(record))
+                if len(summary.dropped_examples) < 5:
+                    summary.dropped_examples.append(f"line {line_number}: {reason} ({tokens} tokens, {audios} audios)")
+        # Renamed into place whole: the other nodes of a multi-node run may write the same files.
+        os.replace(partial_dropped, dropped_path)
+        os.replace(partial_out, out)
+    finally:
+        for path in (partial_out, partial_dropped):
+            path.unlink(missing_ok=True)
+    print(_describe(summary, args) + (" (token counts reused)" if reused else ""))
+    for example in summary.dropped_examples:
+        print(f"  dropped {example}")
+    _check_fraction(summary, args, dropped_path)
+    return summary
+
+
+def _check_fraction(summary: Summary, args: argparse.Namespace, dropped_path: Path) -> None:
+    if summary.kept == 0:
+        raise BudgetError(f"no row of {args.dataset} fits the budget (listed in {dropped_path})")
+    if summary.dropped > args.max_drop_fraction * summary.rows:
+        raise BudgetError(
+            f"{summary.dropped} of {summary.rows} rows of {args.dataset} are over budget, more than "
+            f"--max-drop-fraction {args.max_drop_fraction} (listed in {dropped_path}); shorten the calls "
+            "(prepare --max-duration), lower MAX_COMPLETION_LENGTH, or raise MAX_DROP_FRACTION"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model dir or id (its tokenizer and config)")
+    parser.add_argument("--dataset", required=True, help="training rows (ms-swift jsonl)")
+    parser.add_argument("--out", required=True, help="where the rows that fit are written")
+    parser.add_argument("--max-length", type=int, required=True, help="prompt + completion tokens (MAX_LENGTH)")
+    parser.add_argument(
+        "--completion-tokens", type=int, default=0, help="tokens reserved for generation (GRPO); 0 for SFT rows"
+    )
+    parser.add_argument("--max-audios", type=int, required=True, help="most <audio> entries per row")
+    parser.add_argument("--vllm-max-model-len", type=int, help="vLLM context, checked against the model's too")
+    parser.add_argument("--max-drop-fraction", type=float, default=0.05, help="stop when more rows than this drop")
+    parser.add_argument("--cache-dir", help="token counts kept here by content (dataset, tokenizer, code) for reuse")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except BudgetError as error:
+        print(f"budget: {error}", file=sys.stderr)
+        return 1
+    except JsonlError as error:
+        print(f"budget: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The distributed launch and serving, run for real on CPU with the tiny model (slow).
+
+One chain through the real stage scripts (PROFILE=smoke, one step per stage): stage-1 GRPO on two processes,
+rejection sampling in two shards, the filter, then RSFT as a two-"node" run on localhost (two launches,
+NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true). Then the RSFT model is
+served with `swift deploy` and asked through the OpenAI-compatible backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from safe_qaq.jsonl import read_jsonl
+from tests.conftest import ROOT
+from tests.recipe_support import DIST_ENV, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(("SAMPLE_", "VLLM_"))}
+    env.update(
+        PROFILE="smoke",
+        MODEL=str(tiny_model),
+        DATA_DIR=str(prepared),
+        OUTPUT_ROOT=str(root / "outputs"),
+        MAX_STEPS="1",
+        ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        SAFE_QAQ_REWARD_LOG=str(root / "rewards.jsonl"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
+    env.update(extra)
+    return env
+
+
+def start(script: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = open(log, "w")  # noqa: SIM115 - closed by finish()
+    process = subprocess.Popen(["bash", str(ROOT / script)], env=env, stdout=handle, stderr=subprocess.STDOUT)
+    process.log_handle = handle
+    return process
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: int = 600) -> str:
+    try:
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.log_handle.close()
+    text = log.read_text()
+    assert code == 0, f"{log.name} exited {code}:\n{text[-6000:]}"
+    return text
+
+
+class Chain:
+    def __init__(self, root: Path):
+        self.root = root
+        self.out = root / "outputs"
+        self.logs: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, script: str, env: dict[str, str]) -> str:
+        started = time.time()
+        self.logs[name] = finish(start(script, env, self.root / f"{name}.log"), self.root / f"{name}.log")
+        self.seconds[name] = time.time() - started
+        return self.logs[name]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_model, prepared) -> Chain:
+    root = tmp_path_factory.mktemp("launch")
+    chain = Chain(root)
+    env = launch_env(root, tiny_model, prepared)
+    chain.run("stage1", "run_swift_grpo_stage1.sh", {**env, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
+    chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
+    chain.run("process", "process_samples.sh", env)
+    # Two "nodes" on localhost sharing OUTPUT_ROOT (a shared filesystem), started together.
+    nodes = {**env, "NNODES": "2", "NPROC_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    started = time.time()
+    launches = [
+        (rank, start("run_swift_sft_stage2_RSFT.sh", {**nodes, "NODE_RANK": rank}, root / f"rsft_node{rank}.log"))
+        for rank in ("0", "1")
+    ]
+    for rank, process in launches:
+        chain.logs[f"rsft_node{rank}"] = finish(process, root / f"rsft_node{rank}.log")
+    chain.seconds["rsft_two_nodes"] = time.time() - started
+    print("launch wall seconds:", {k: round(v) for k, v in chain.seconds.items()})
+    return chain
+
+
+def adapter_keys(run: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "last-checkpoint" / "adapter_model.safetensors"), "pt") as f:
+        return list(f.keys())
+
+
+def test_grpo_trains_on_two_processes_and_merges_once(chain):
+    log = chain.logs["stage1"]
+    assert "--nproc_per_node 2" in log and "world_size: 2, local_world_size: 2" in log
+    steps = [entry for entry in read_jsonl(chain.out / "stage1_grpo" / "logging.jsonl") if "loss" in entry]
+    assert len(steps) == 1
+    assert log.count(">>> merge:") == 1 and log.count("swift/cli/export.py") == 1
+    merged = chain.out / "stage1_grpo" / "merged"
+    assert (merged / "model.safetensors").exists() and not (merged.parent / "merged.partial").exists()
+    keys = adapter_keys(chain.out / "stage1_grpo")
+    assert keys and all(".language_model." in key for key in keys) and not any("audio_tower" in k for k in keys)
+
+
+def completions_per_step(run: Path) -> Counter:
+    """Every completion ms-swift generated (its completions log gathers all ranks), once per step."""
+    seen: dict[str, list[str]] = {}
+    for table in read_jsonl(run / "completions.jsonl"):
+        seen.setdefault(table["step"][0], table["completion"])  # ms-swift appends a step's table again at the end
+    return Counter(text for texts in seen.values() for text in texts)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rewards.RewardLog writes on global rank 0 only, but ms-swift scores each rank's own completions: with "
+    "two processes half of them are never logged. Needs every rank to log its own share (e.g. one file per rank).",
+)
+def test_rewards_are_logged_once_per_completion(chain):
+    generated = completions_per_step(chain.out / "stage1_grpo")
+    assert sum(generated.values()) == 4  # 2 processes x per-device batch 2, one step
+    # SAFE_QAQ_REWARD_LOG, and any per-rank files a fix writes beside it (rewards.rank1.jsonl, ...)
+    logged = [record for path in sorted(chain.root.glob("rewards*.jsonl")) for record in read_jsonl(path)]
+    rewards = {record["reward"] for record in logged}
+    assert rewards == {"adaptive_classification", "prompt_format", "think_length_reward_300"}
+    for reward in rewards:
+        texts = Counter(record["completion"] for record in logged if record["reward"] == reward)
+        assert texts == generated, reward  # each completion exactly once: none lost, none per rank twice
+
+
+def test_sharded_sampling_feeds_process_samples_without_loss_or_duplicates(chain):
+    samples = chain.out / "stage2_samples"
+    listed = (samples / "shards.txt").read_text().split()
+    assert listed == [str(samples / "samples.shard0.jsonl"), str(samples / "samples.shard1.jsonl")]
+    shards = [{(r["prompt_id"], r["sample_index"]) for r in read_jsonl(path)} for path in listed]
+    prompts = [{prompt for prompt, _ in shard} for shard in shards]
+    assert all(len(p) == 2 for p in prompts) and not prompts[0] & prompts[1]  # SAMPLE_LIMIT=2 per shard
+    assert all(len(shard) == 2 * 4 for shard in shards)  # SAMPLE_N=4 completions per prompt
+    kept = read_jsonl(samples / "rsft.jsonl")
+    unsolved = read_jsonl(samples / "unsolved.jsonl")
+    from safe_qaq.sample import prompt_id
+
+    out_ids = [prompt_id(row) for row in kept + unsolved]
+    assert sorted(out_ids) == sorted(prompts[0] | prompts[1])  # every prompt once, in one of the two files
+
+
+def test_two_nodes_train_together_and_node_0_alone_merges(chain):
+    node0, node1 = chain.logs["rsft_node0"], chain.logs["rsft_node1"]
+    for log, rank in ((node0, 0), (node1, 1)):
+        assert f"--nnodes 2 --node_rank {rank} --master_addr 127.0.0.1" in log
+        assert "world_size: 4, local_world_size: 2" in log
+    assert node0.count("swift/cli/export.py") == 1 and "swift/cli/export.py" not in node1
+    assert "node 1: training done; node 0 merges" in node1
+    run = chain.out / "stage2_rsft"
+    assert (run / "merged" / "model.safetensors").exists() and not (run / "merged.partial").exists()
+    # The stage started from stage 1's merged model, on both nodes.
+    assert json.loads((run / "args.json").read_text())["model"] == str(chain.out / "stage1_grpo" / "merged")
+    keys = adapter_keys(run)
+    assert keys and not any("audio_tower" in key or "multi_modal_projector" in key for key in keys)
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(chain, tmp_path_factory):
+    """`bash scripts/serve.sh` (swift deploy) on the RSFT model; stopped by its pid (its process group)."""
+    root = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = launch_env(root, chain.out / "stage2_rsft" / "merged", Path("."), SERVE_PORT=str(port))
+    log = open(root / "serve.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "serve.sh"), str(chain.out / "stage2_rsft" / "merged")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # `swift deploy` runs the server as a child; the group stops both
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert process.poll() is None, (root / "serve.log").read_text()[-4000:]
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+                    served = json.loads(response.read())
+                break
+            except OSError:
+                assert time.time() < deadline, "swift deploy did not answer within 300 s"
+                time.sleep(1)
+        assert [m["id"] for m in served["data"]] == ["safe-qaq"]
+        yield {"base_url": base_url, "root": root, "env": env}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def run_python(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_served_model_answers_like_the_local_engine(chain, server, prepared):
+    """evaluate.sh and `live eval` through --backend openai give the greedy answers of --backend pt."""
+    root, env = server["root"], server["env"]
+    merged = str(chain.out / "stage2_rsft" / "merged")
+    rows = root / "rows.jsonl"
+    rows.write_text("".join((prepared / "offline_test.jsonl").read_text(encoding="utf-8").splitlines(True)[:3]))
+    predictions = {}
+    for backend, model in (("pt", merged), ("openai", "safe-qaq")):
+        out = root / f"eval_{backend}"
+        extra = {"EVAL_MODEL": model, "EVAL_DATA": str(rows), "EVAL_OUT": str(out), "EVAL_BACKEND": backend}
+        if backend == "openai":
+            extra["EVAL_BASE_URL"] = server["base_url"]
+        result = subprocess.run(
+            ["bash", str(ROOT / "evaluate.sh"), "--no-floor", "--no-plots", "--quiet"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        predictions[backend] = [r["prediction"] for r in read_jsonl(out / "predictions.jsonl")]
+    assert len(predictions["pt"]) == 3 and predictions["openai"] == predictions["pt"]
+
+    answers = {}
+    for backend, model in (("pt", merged), ("openai", "safe-qaq")):
+        out = root / f"live_{backend}"
+        args = ["-m", "safe_qaq.live", "eval", "--model", model, "--backend", backend, "--calls",
+                str(prepared / "calls_test.jsonl"), "--out", str(out), "--limit", "1", "--max-rounds", "2",
+                "--max-tokens", "16", "--cache-dir", str(root / "live_cache"), "--quiet"]  # fmt: skip
+        if backend == "openai":
+            args += ["--base-url", server["base_url"]]
+        result = run_python(args, env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        (record,) = read_jsonl(out / "live_results.jsonl")
+        answers[backend] = [(s["text"], s.get("history")) for s in record["steps"]]
+    assert answers["pt"] and answers["openai"] == answers["pt"]
+
+
+@pytest.fixture(scope="module")
+def missing_audio(server, prepared):
+    """`safe_qaq.evaluate --backend openai` on a row whose audio file does not exist."""
+    root, env = server["root"], server["env"]
+    row = read_jsonl(prepared / "offline_test.jsonl")[0]
+    missing = str(root / "no-such-call.flac")
+    row["audios"] = [missing]
+    bad = root / "missing_audio.jsonl"
+    bad.write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    started = time.time()
+    result = run_python(
+        ["-m", "safe_qaq.evaluate", "--backend", "openai", "--base-url", server["base_url"], "--model", "safe-qaq",
+         "--data", str(bad), "--out", str(root / "eval_missing"), "--max-tokens", "8", "--no-floor", "--quiet"],
+        env,
+        timeout=120,
+    )  # fmt: skip
+    return {"missing": missing, "result": result, "seconds": time.time() - started}
+
+
+def test_a_missing_audio_file_fails_the_request_instead_of_hanging(missing_audio):
+    assert missing_audio["seconds"] < 120 and missing_audio["result"].returncode != 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ms-swift's client sends a path it cannot open as text and the server decodes it as base64, so the "
+    "error reads 'Invalid file: None' (or a traceback). Needs safe_qaq.engine to name the row and its audio "
+    "files that do not exist here when an openai request fails.",
+)
+def test_a_missing_audio_file_error_names_the_file_in_one_line(missing_audio):
+    stderr = missing_audio["result"].stderr
+    assert missing_audio["missing"] in stderr and "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_gpu_report_reads_what_real_stages_leave(chain):
+    """scripts/gpu_report.py on the chain's real ms-swift logs (the part of gpu_check.sh a CPU can run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
+    gpu_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_report)
+    check = chain.out / "gpu_check"
+    check.mkdir(exist_ok=True)
+    timings = {"1-grpo": chain.seconds["stage1"], "2a-sample": chain.seconds["sample"], "2b-rsft": 1.0}
+    lines = [json.dumps({"stage": stage, "ms": seconds * 1000}) for stage, seconds in timings.items()]
+    (check / "timings.jsonl").write_text("\n".join(lines) + "\n")
+    (check / "1-grpo.memory.csv").write_text("0, 512\n1, 3072\n0, 1024\n")
+    assert gpu_report.main([str(chain.out)]) == 0
+    rows = {row["stage"]: row for row in json.loads((check / "report.json").read_text())}
+    (step,) = [e for e in read_jsonl(chain.out / "stage1_grpo" / "logging.jsonl") if "loss" in e]
+    grpo = rows["1-grpo"]
+    assert grpo["steps"] == 1 and grpo["s_per_step"] == pytest.approx(step["step_time"])
+    assert grpo["rollout_tokens_per_s"] == pytest.approx(step["completions/mean_length"] * 4 / step["step_time"])
+    assert grpo["peak_gpu_gib"] == 3.0 and rows["2b-rsft"]["peak_gpu_gib"] is None
+    assert rows["2b-rsft"]["steps"] == 1 and rows["2b-rsft"]["s_per_step"] > 0
+    assert rows["2a-sample"]["completions"] == 16 and rows["2a-sample"]["rollout_tokens_per_s"] > 0
+    assert "| 1-grpo |" in (check / "report.md").read_text()
