@@ -320,8 +320,7 @@ def _run(args: argparse.Namespace, sampling: Sampling) -> int:
     out = Path(args.out)
     problems: list[str] = []
     if args.model:
-        local = args.backend != "openai"
-        rows = [row for _, row in read_rows(args.data, lambda row: request_problem(row, local_audio=local))]
+        rows = [row for _, row in read_rows(args.data, request_problem)]
         rows = rows[: args.limit]
         pred_path = out / PREDICTIONS
         check_settings(pred_path, settings_of(args, sampling), overwrite=args.overwrite)

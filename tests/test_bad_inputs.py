@@ -176,6 +176,9 @@ def test_evaluate_predictions_rejects_one_bad_row_and_scores_the_rest(tmp_path, 
     assert fraud["n"] == 2 and fraud["accuracy"] == 0.5  # the two good rows, scored
 
 
+# (row change, extra options)
+OPENAI_MISSING = ({"audios": ["/no/such.wav"]}, ["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"])
+TWO_MISSING = ({"messages": prompt.build_messages("fraud", n_audios=2), "audios": ["/no/a.wav", "/no/b.wav"]}, [])
 EVALUATE = [
     ("missing predictions file", "predictions", None, 2, "none.jsonl: No such file or directory"),
     ("only bad rows", "predictions", b'{"prediction": 1, "answer": "fraud"}\n', 1, "no scorable records"),
@@ -185,6 +188,9 @@ EVALUATE = [
     ("data: message without content", "model", {"messages": [{"role": "user"}]}, 1, "data.jsonl:2: 'messages'[0]"),
     ("data: audios a string", "model", {"audios": "a.wav"}, 1, "data.jsonl:2: 'audios' is not a list of paths"),
     ("data: audio missing", "model", {"audios": ["/no/such.wav"]}, 1, "data.jsonl:2: audio /no/such.wav does not"),
+    # the openai client reads the files (a path it cannot open reached the server as text: "Invalid file: None")
+    ("data: audio missing, --backend openai", "model", OPENAI_MISSING, 1, "data.jsonl:2: audio /no/such.wav does not"),
+    ("data: two audios missing", "model", TWO_MISSING, 1, "data.jsonl:2: 2 audios do not exist: /no/a.wav, /no/b.wav"),
     ("data: two audios, one tag", "model", {"audios": ["x", "y"]}, 1, "1 <audio> tag(s) in 'messages' for 2 audio"),
     ("model cannot load", "model", "/no/such/model", 1, "cannot load model '/no/such/model': OSError"),
     ("bad top-p", "model", ["--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
@@ -201,6 +207,7 @@ def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, me
         path = tmp_path / "none.jsonl" if bad is None else write(tmp_path / "p.jsonl", bad)
         argv += ["--predictions", path]
     elif mode == "model":
+        bad, extra = bad if isinstance(bad, tuple) else (bad, bad if isinstance(bad, list) else [])
         rows = [fraud_row(tmp_path, 0)]
         data = write(tmp_path / "data.jsonl", rows)
         if isinstance(bad, bytes):
@@ -208,8 +215,7 @@ def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, me
         elif isinstance(bad, dict):
             write(data, [*rows, {**fraud_row(tmp_path, 1), **bad}])
         argv += ["--data", tmp_path / "none.jsonl" if bad is None else data]
-        argv += ["--model", bad if isinstance(bad, str) else "m"]
-        argv += bad if isinstance(bad, list) else []
+        argv += ["--model", bad if isinstance(bad, str) else "m", *extra]
     code_got, _, err = call(evaluate.main, argv, capsys)
     assert code_got == code and message in errors(err)[-1], err
     assert len(errors(err)) == (2 if case == "only bad rows" else 1), err  # there: the row, then the verdict
@@ -246,6 +252,7 @@ SAMPLE = [
     ("nested 10k deep", DEEP, 1, "in.jsonl:2: JSON nested too deeply"),
     ("messages of the wrong type", {"messages": [["user", "hi"]]}, 1, "in.jsonl:2: 'messages'[0] is not an object"),
     ("no user turn", {"messages": [{"role": "system", "content": "x"}]}, 1, "in.jsonl:2: 'messages' has no user"),
+    ("audio missing, --backend openai", OPENAI_MISSING, 1, "in.jsonl:2: audio /no/such.wav does not exist"),
     ("output is the input", ["--output", "{tmp}/in.jsonl"], 2, "--output must not be the input"),
     ("no completions asked", ["--n", "0"], 2, "--n and --batch-size must be >= 1"),
     ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model'"),
@@ -254,6 +261,7 @@ SAMPLE = [
 
 @pytest.mark.parametrize(("case", "bad", "code", "message"), SAMPLE, ids=[c[0] for c in SAMPLE])
 def test_sample_bad_inputs(tmp_path, capsys, engine, case, bad, code, message):
+    bad, extra = bad if isinstance(bad, tuple) else (bad, bad if isinstance(bad, list) else [])
     rows = [fraud_row(tmp_path, 0)]
     data = write(tmp_path / "in.jsonl", rows)
     if isinstance(bad, bytes):
@@ -262,7 +270,7 @@ def test_sample_bad_inputs(tmp_path, capsys, engine, case, bad, code, message):
         write(data, [*rows, {**fraud_row(tmp_path, 1), **bad}])
     before = data.read_bytes()
     argv = ["--model", "m", "--input", tmp_path / "none.jsonl" if bad is None else data, "--output", tmp_path / "o"]
-    argv += [a.format(tmp=tmp_path) for a in bad] if isinstance(bad, list) else []
+    argv += [a.format(tmp=tmp_path) for a in extra]
     got, _, err = call(sample.main, argv, capsys)
     assert got == code and message in err, err
     assert len(errors(err)) == 1 and data.read_bytes() == before

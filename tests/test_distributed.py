@@ -273,22 +273,20 @@ def missing_audio(server, prepared):
         env,
         timeout=120,
     )  # fmt: skip
-    return {"missing": missing, "result": result, "seconds": time.time() - started}
+    return {"missing": missing, "bad": bad, "result": result, "seconds": time.time() - started}
 
 
 def test_a_missing_audio_file_fails_the_request_instead_of_hanging(missing_audio):
     assert missing_audio["seconds"] < 120 and missing_audio["result"].returncode != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ms-swift's client sends a path it cannot open as text and the server decodes it as base64, so the "
-    "error reads 'Invalid file: None' (or a traceback). Needs safe_qaq.engine to name the row and its audio "
-    "files that do not exist here when an openai request fails.",
-)
 def test_a_missing_audio_file_error_names_the_file_in_one_line(missing_audio):
+    """Checked before anything is sent: ms-swift's client would send the path as text, and the server's
+    error ("Invalid file: None") names nothing."""
     stderr = missing_audio["result"].stderr
-    assert missing_audio["missing"] in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert line == f"error: {missing_audio['bad']}:1: audio {missing_audio['missing']} does not exist", stderr
 
 
 def test_gpu_report_reads_what_real_stages_leave(chain):
