@@ -196,14 +196,33 @@ EVALUATE = [
     ("bad top-p", "model", ["--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
     ("negative temperature", "model", ["--temperature", "-1"], 2, "--temperature must be >= 0"),
     ("neither model nor predictions", None, None, 2, "give one of --model"),
+    # the transcript floor's calls files, read before anything is generated
+    ("floor calls: a bad row", "floor", {"id": ""}, 1, "calls_train.jsonl:4: 'id' must be a non-empty string"),
+    ("floor calls: raw invalid UTF-8", "floor", b'{"id": "\xff"}\n', 1, "calls_train.jsonl:4: not valid UTF-8"),
+    ("floor calls: torn inside a character", "floor", '{"id": "诈'.encode()[:-1], 1, "calls_train.jsonl:4: not valid"),
+    ("floor calls: missing file", "floor", None, 2, "none.jsonl: No such file or directory"),
+    ("floor calls beside --data: a bad row", "floor beside", {"audio": 3}, 1, "calls_train.jsonl:4: audio path must"),
+    ("floor calls: only --calls-train", "floor", [], 2, "--calls-train and --calls-test go together"),
 ]
 
 
 @pytest.mark.parametrize(("case", "mode", "bad", "code", "message"), EVALUATE, ids=[c[0] for c in EVALUATE])
 def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, message):
     out = tmp_path / "eval"
-    argv: list = ["--out", out, "--no-plots", "--no-floor", "--quiet"]
-    if mode == "predictions":
+    argv: list = ["--out", out, "--no-plots", "--quiet", *([] if str(mode).startswith("floor") else ["--no-floor"])]
+    if str(mode).startswith("floor"):
+        data = write(tmp_path / "data.jsonl", [fraud_row(tmp_path, 0)])
+        train, test = write(tmp_path / "calls_train.jsonl", calls_records(tmp_path)), tmp_path / "calls_test.jsonl"
+        write(test, calls_records(tmp_path))
+        if isinstance(bad, bytes):
+            write(train, train.read_bytes() + bad)
+        elif isinstance(bad, dict):
+            write(train, [*calls_records(tmp_path), {"id": "k9", "audio": "k9.wav", **bad}])
+        argv += ["--model", "m", "--data", data]
+        if mode == "floor":
+            argv += ["--calls-train", tmp_path / "none.jsonl" if bad is None else train]
+            argv += [] if isinstance(bad, list) else ["--calls-test", test]
+    elif mode == "predictions":
         path = tmp_path / "none.jsonl" if bad is None else write(tmp_path / "p.jsonl", bad)
         argv += ["--predictions", path]
     elif mode == "model":
@@ -219,7 +238,7 @@ def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, me
     code_got, _, err = call(evaluate.main, argv, capsys)
     assert code_got == code and message in errors(err)[-1], err
     assert len(errors(err)) == (2 if case == "only bad rows" else 1), err  # there: the row, then the verdict
-    if mode == "model":
+    if mode and mode != "predictions":
         assert engine["echo"].requests == [] and not (out / "predictions.jsonl").exists()
 
 
