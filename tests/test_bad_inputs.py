@@ -313,9 +313,9 @@ LIVE = [
     ("raw invalid UTF-8", b'{"id": "\xff"}\n', 1, "calls.jsonl:4: not valid UTF-8 (byte 0xff"),
     ("torn inside a character", '{"id": "诈'.encode()[:-1], 1, "calls.jsonl:4: not valid UTF-8"),
     ("not JSON", b"{id: 1}\n", 1, "calls.jsonl:4: not valid JSON"),
-    # the call loader names the file (and, with safe_qaq.calls, the line); this table checks it says "audio"
-    ("a call without audio", {"id": "k9", "label": "fraud"}, 1, r"calls\.jsonl(:4)?: .*audio"),
-    ("audio null", {"id": "k9", "audio": None}, 1, r"calls\.jsonl(:4)?: .*audio"),
+    ("a call without audio", {"id": "k9", "label": "fraud"}, 1, "calls.jsonl:4: audio path must be a non-empty"),
+    ("audio null", {"id": "k9", "audio": None}, 1, "calls.jsonl:4: audio path must be a non-empty string, got None"),
+    ("id empty", {"id": " ", "audio": "k9.wav"}, 1, "calls.jsonl:4: 'id' must be a non-empty string, got ' '"),
     ("a call id twice", "k0 again", 1, "call id 'k0' appears twice"),
     ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model': OSError"),
     ("bad hop", ["--hop", "0"], 2, "--hop and --chunk-s > 0"),
@@ -359,13 +359,21 @@ LIVE_CALL = [
     ("audio missing", ["--audio", "{tmp}/none.wav"], 2, "none.wav: no such file"),
     ("unknown call id", ["--calls", "{tmp}/calls.jsonl", "--call-id", "k9"], 1, "call 'k9' not in"),
     ("unreadable audio", ["--audio", "{tmp}/bad.wav"], 1, "call bad: its audio could not be read"),
+    ("unreadable audio of a listed call", ["--calls", "{tmp}/bad_audio.jsonl", "--call-id", "kb"], 1, "call kb: its"),
+    ("calls: a bad row", ["--calls", "{tmp}/bad_row.jsonl", "--call-id", "k0"], 1, "bad_row.jsonl:4: 'id' must be"),
+    ("calls: raw invalid UTF-8", ["--calls", "{tmp}/bad_byte.jsonl", "--call-id", "k0"], 1, "bad_byte.jsonl:4: not"),
+    ("calls: missing file", ["--calls", "{tmp}/none.jsonl", "--call-id", "k0"], 2, "none.jsonl: No such file"),
 ]
 
 
 @pytest.mark.parametrize(("case", "extra", "code", "message"), LIVE_CALL, ids=[c[0] for c in LIVE_CALL])
 def test_live_call_bad_inputs(tmp_path, capsys, engine, case, extra, code, message):
-    write(tmp_path / "calls.jsonl", calls_records(tmp_path))
+    records = calls_records(tmp_path)
+    calls = write(tmp_path / "calls.jsonl", records)
     write(tmp_path / "bad.wav", b"RIFF but not really")
+    write(tmp_path / "bad_audio.jsonl", [*records, {"id": "kb", "audio": str(tmp_path / "bad.wav"), "label": "fraud"}])
+    write(tmp_path / "bad_row.jsonl", [*records, {"id": "", "audio": "k9.wav"}])
+    write(tmp_path / "bad_byte.jsonl", calls.read_bytes() + b'{"id": "\xff"}\n')
     argv = ["call", "--model", "listener", "--cache-dir", tmp_path / "cache", *[a.format(tmp=tmp_path) for a in extra]]
     got, _, err = call(live.main, argv, capsys)
     assert got == code and message in err, err
