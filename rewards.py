@@ -32,7 +32,9 @@ All rewards read completions through :func:`safe_qaq.answer.parse_answer`, which
 the rewards of one step parse each completion once.
 
 Per-sample logging: set ``SAFE_QAQ_REWARD_LOG=/path/rewards.jsonl`` and every reward call
-appends one JSON line per sample (main process only; constant cost per call).
+appends one JSON line per sample it scored (constant cost per call).  Each process logs the
+completions it scored: rank 0 (or a single process) into that path, rank N into
+``/path/rewards.rankN.jsonl`` beside it (:func:`rank_log_path`).
 """
 
 from __future__ import annotations
@@ -163,8 +165,26 @@ def think_length_penalty(parsed: ParsedAnswer, start: int, cap: float) -> float:
 
 
 # ---------------------------------------------------------------------------
-# Per-sample JSONL log (opt-in, append-only, main process only)
+# Per-sample JSONL log (opt-in, append-only, one file per process)
 # ---------------------------------------------------------------------------
+
+
+def rank_log_path(path: str, rank: str | None) -> str:
+    """Where the process of global rank ``rank`` logs: ``path`` itself on rank 0 (and in a
+    single-process run), ``<stem>.rank<N><suffix>`` beside it on rank N.
+
+    One file per rank because ms-swift scores each rank's own completions: logging on rank 0
+    alone would lose the others', and ranks appending to one shared file could interleave
+    partial lines (and cannot, over NFS, safely share an append at all).
+
+    >>> rank_log_path("/logs/rewards.jsonl", "2"), rank_log_path("/logs/rewards.jsonl", None)
+    ('/logs/rewards.rank2.jsonl', '/logs/rewards.jsonl')
+    """
+    rank = (rank or "").strip()
+    if not (rank.isascii() and rank.isdigit()) or int(rank) == 0:
+        return path
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}.rank{int(rank)}{suffix}"
 
 
 class RewardLog:
@@ -177,9 +197,9 @@ class RewardLog:
 
     @classmethod
     def from_env(cls) -> RewardLog:
+        """``$SAFE_QAQ_REWARD_LOG`` for this process (``RANK`` is torchrun's global rank); off when unset."""
         path = os.environ.get(LOG_ENV) or None
-        is_main = os.environ.get("RANK", "0") == "0"
-        return cls(path if is_main else None)
+        return cls(rank_log_path(path, os.environ.get("RANK")) if path else None)
 
     @property
     def enabled(self) -> bool:

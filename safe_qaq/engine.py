@@ -146,12 +146,14 @@ def engine_identity(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def request_problem(row: Any, *, local_audio: bool = True) -> str | None:
+def request_problem(row: Any) -> str | None:
     """Why a row cannot be sent to :meth:`Engine.generate`, or None.
 
     ``messages`` must be a list of ``{role, content}`` strings ending (before any assistant
-    answer) in a user turn, with one ``<audio>`` tag per entry of ``audios`` (a list of strings).
-    With ``local_audio`` (the ``pt``/``vllm`` backends) every audio that is not a URL must exist.
+    answer) in a user turn, with one ``<audio>`` tag per entry of ``audios`` (a list of strings),
+    and every audio that is not a URL must exist here, whatever the backend: the ``openai``
+    backend's client (ms-swift's ``InferClient``) reads local files and sends their bytes, and
+    sends a path it cannot open as text, which the server then fails on without naming it.
     Checked before a model is loaded, so a bad row costs a message, not a failed run.
     """
     messages = row.get("messages") if isinstance(row, dict) else None
@@ -171,11 +173,19 @@ def request_problem(row: Any, *, local_audio: bool = True) -> str | None:
     tags = sum(m["content"].count(AUDIO_TAG) for m in question)
     if tags != len(audios):
         return f"{tags} {AUDIO_TAG} tag(s) in 'messages' for {len(audios)} audio(s)"
-    if local_audio:
-        for audio in audios:
-            if "://" not in audio and not audio.startswith("data:") and not Path(audio).is_file():
-                return f"audio {audio} does not exist"
+    missing = [a for a in audios if "://" not in a and not a.startswith("data:") and not _is_file(a)]
+    if len(missing) == 1:
+        return f"audio {missing[0]} does not exist"
+    if missing:
+        return f"{len(missing)} audios do not exist: {', '.join(missing)}"
     return None
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long, or with a NUL: no such file either
+        return False
 
 
 @dataclass

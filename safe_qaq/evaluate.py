@@ -17,8 +17,10 @@ kept in ``predictions.jsonl.meta.json`` and a run with others is refused, naming
 (``--overwrite`` starts again; see :mod:`safe_qaq.jsonl`).  A smaller ``--limit`` scores the
 predictions already there, a larger one continues.
 
-When the data directory holds ``calls_train.jsonl`` and ``calls_test.jsonl`` the transcript
-floor (:mod:`safe_qaq.floor`) is scored on the same (call, task) pairs and printed beside the model.
+When the data directory holds ``calls_train.jsonl`` and ``calls_test.jsonl`` (or with
+``--calls-train``/``--calls-test``) the transcript floor (:mod:`safe_qaq.floor`) is scored on the
+same (call, task) pairs and printed beside the model.  Those files are read before anything is
+generated, so a bad one stops the run at once (``--no-floor`` skips the floor).
 
 Per-sample latency is the wall time of the ``generate`` call that produced the sample;
 with ``--batch-size 1`` that is the request latency the paper reports.
@@ -38,6 +40,7 @@ from typing import Any
 
 from prompt import question_of
 from safe_qaq.answer import GoldError, resolve_stage, resolve_task
+from safe_qaq.calls import Call, load_calls
 from safe_qaq.engine import (
     GREEDY,
     Sampling,
@@ -47,7 +50,8 @@ from safe_qaq.engine import (
     request_problem,
     sampling_from_args,
 )
-from safe_qaq.floor import floor_report
+from safe_qaq.floor import SYSTEM as FLOOR_SYSTEM
+from safe_qaq.floor import floor_samples
 from safe_qaq.jsonl import (
     JsonlError,
     ResumeError,
@@ -207,6 +211,26 @@ def find_floor_calls(data_path: Path) -> tuple[Path, Path] | None:
     return (train, test) if train.exists() and test.exists() else None
 
 
+def load_floor_calls(args: argparse.Namespace) -> tuple[list[Call], list[Call]] | None:
+    """The floor's train and test calls (``--calls-train``/``--calls-test``, else beside ``--data``), or None.
+
+    Read before any generation: a bad row raises ``ValueError`` naming its file and line, so it
+    costs a message, not a finished evaluation without its floor.
+    """
+    if args.no_floor:
+        return None
+    if args.calls_train and args.calls_test:
+        paths = Path(args.calls_train), Path(args.calls_test)
+    else:
+        paths = find_floor_calls(Path(args.data)) if args.data else None
+    if paths is None:
+        return None
+    try:
+        return load_calls(paths[0]), load_calls(paths[1])
+    except ValueError as exc:
+        raise ValueError(f"{exc} (calls for the transcript floor; --no-floor skips it)") from None
+
+
 def write_outputs(out: Path, reports: Sequence[dict], *, plots: bool = True) -> str:
     """metrics.json, metrics.md and the model's confusion PNGs; returns the Markdown text."""
     out.mkdir(parents=True, exist_ok=True)
@@ -228,10 +252,11 @@ def evaluate(
     out: Path,
     *,
     system: str,
-    floor_calls: tuple[Path, Path] | None = None,
+    floor_calls: tuple[Sequence[Call], Sequence[Call]] | None = None,
     plots: bool = True,
 ) -> list[dict]:
-    """Score records (and the floor on the same (call, task) pairs); write outputs; return the reports."""
+    """Score records (and the floor, trained and tested on ``floor_calls``, on the same (call, task) pairs);
+    write outputs; return the reports."""
     samples, skipped = score_predictions(records)
     if not samples:
         raise ValueError("no scorable records (each needs 'prediction' and a known gold 'answer')")
@@ -239,13 +264,9 @@ def evaluate(
     reports[0]["skipped_records"] = skipped
     if floor_calls:
         keep = {(s.call_id, s.task) for s in samples if s.call_id is not None}
-        try:
-            floor = floor_report(*floor_calls, keep=keep or None)
-        except (OSError, ValueError) as exc:
-            print(f"warning: transcript floor not scored: {exc}", file=sys.stderr)
-        else:
-            if floor["tasks"]:
-                reports.append(floor)
+        floor = report(floor_samples(*floor_calls, keep=keep or None), FLOOR_SYSTEM)
+        if floor["tasks"]:
+            reports.append(floor)
     write_outputs(out, reports, plots=plots)
     return reports
 
@@ -302,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model needs --data")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
         parser.error("--batch-size must be >= 1 and --limit >= 0")
+    if bool(args.calls_train) != bool(args.calls_test):
+        parser.error("--calls-train and --calls-test go together (the floor trains on one and scores the other)")
     try:
         sampling = sampling_from_args(args)
     except ValueError as exc:
@@ -319,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, sampling: Sampling) -> int:
     out = Path(args.out)
     problems: list[str] = []
+    floor_calls = load_floor_calls(args)
     if args.model:
-        local = args.backend != "openai"
-        rows = [row for _, row in read_rows(args.data, lambda row: request_problem(row, local_audio=local))]
+        rows = [row for _, row in read_rows(args.data, request_problem)]
         rows = rows[: args.limit]
         pred_path = out / PREDICTIONS
         check_settings(pred_path, settings_of(args, sampling), overwrite=args.overwrite)
@@ -350,12 +373,6 @@ def _run(args: argparse.Namespace, sampling: Sampling) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
 
-    floor_calls = None
-    if not args.no_floor:
-        if args.calls_train and args.calls_test:
-            floor_calls = (Path(args.calls_train), Path(args.calls_test))
-        elif args.data:
-            floor_calls = find_floor_calls(Path(args.data))
     reports = evaluate(records, out, system=_system_name(args), floor_calls=floor_calls, plots=not args.no_plots)
     print(markdown_table(reports))
     if len(reports) == 1 and not args.no_floor:

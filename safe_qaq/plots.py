@@ -13,7 +13,6 @@ reward, each reward function's mean (± std), completion lengths, and any other
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -25,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt
 import numpy as np
+
+from safe_qaq.jsonl import JsonlError, iter_lines
 
 # Chinese labels (scenes, fraud types) need a CJK font; use one when the system has it,
 # otherwise matplotlib draws boxes and we fall back to the label's index in prompt.py.
@@ -161,16 +162,21 @@ def read_logging_jsonl(path: str | Path) -> list[dict]:
     """The per-step log records of an ms-swift ``logging.jsonl``.
 
     Keeps lines that carry ``global_step/max_steps`` (every training/eval log does) and
-    adds ``step``; skips the final summary line (checkpoint paths, log history) and
-    truncated lines of a run that is still writing.
+    adds ``step``; skips the final summary line (checkpoint paths, log history).  Lines are
+    decoded one by one (:mod:`safe_qaq.jsonl`): a last line cut short by a run that is still
+    writing, or was killed, even inside a multibyte character, is skipped; any other bad line
+    is skipped with a warning naming it.
     """
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
+    unread: JsonlError | None = None
+    for _, rec in iter_lines(path):
+        if unread is not None:  # not the last line, so not a line still being written
+            print(f"warning: skipped {unread}", file=sys.stderr)
+            unread = None
+        if isinstance(rec, JsonlError):
+            unread = rec
             continue
-        if not isinstance(rec, dict) or "global_step/max_steps" not in rec:
+        if "global_step/max_steps" not in rec:
             continue
         try:
             rec["step"] = int(str(rec["global_step/max_steps"]).split("/")[0])

@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, sampling: Sampling, output: Path) -> int:
-    local = args.backend != "openai"
-    rows = read_rows(args.input, lambda row: request_problem(row, local_audio=local))
+    rows = read_rows(args.input, request_problem)
     if not rows:
         print(f"warning: {args.input}: no prompts", file=sys.stderr)
     check_settings(output, settings_of(args, sampling), overwrite=args.overwrite)

@@ -176,6 +176,9 @@ def test_evaluate_predictions_rejects_one_bad_row_and_scores_the_rest(tmp_path, 
     assert fraud["n"] == 2 and fraud["accuracy"] == 0.5  # the two good rows, scored
 
 
+# (row change, extra options)
+OPENAI_MISSING = ({"audios": ["/no/such.wav"]}, ["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"])
+TWO_MISSING = ({"messages": prompt.build_messages("fraud", n_audios=2), "audios": ["/no/a.wav", "/no/b.wav"]}, [])
 EVALUATE = [
     ("missing predictions file", "predictions", None, 2, "none.jsonl: No such file or directory"),
     ("only bad rows", "predictions", b'{"prediction": 1, "answer": "fraud"}\n', 1, "no scorable records"),
@@ -185,22 +188,45 @@ EVALUATE = [
     ("data: message without content", "model", {"messages": [{"role": "user"}]}, 1, "data.jsonl:2: 'messages'[0]"),
     ("data: audios a string", "model", {"audios": "a.wav"}, 1, "data.jsonl:2: 'audios' is not a list of paths"),
     ("data: audio missing", "model", {"audios": ["/no/such.wav"]}, 1, "data.jsonl:2: audio /no/such.wav does not"),
+    # the openai client reads the files (a path it cannot open reached the server as text: "Invalid file: None")
+    ("data: audio missing, --backend openai", "model", OPENAI_MISSING, 1, "data.jsonl:2: audio /no/such.wav does not"),
+    ("data: two audios missing", "model", TWO_MISSING, 1, "data.jsonl:2: 2 audios do not exist: /no/a.wav, /no/b.wav"),
     ("data: two audios, one tag", "model", {"audios": ["x", "y"]}, 1, "1 <audio> tag(s) in 'messages' for 2 audio"),
     ("model cannot load", "model", "/no/such/model", 1, "cannot load model '/no/such/model': OSError"),
     ("bad top-p", "model", ["--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
     ("negative temperature", "model", ["--temperature", "-1"], 2, "--temperature must be >= 0"),
     ("neither model nor predictions", None, None, 2, "give one of --model"),
+    # the transcript floor's calls files, read before anything is generated
+    ("floor calls: a bad row", "floor", {"id": ""}, 1, "calls_train.jsonl:4: 'id' must be a non-empty string"),
+    ("floor calls: raw invalid UTF-8", "floor", b'{"id": "\xff"}\n', 1, "calls_train.jsonl:4: not valid UTF-8"),
+    ("floor calls: torn inside a character", "floor", '{"id": "诈'.encode()[:-1], 1, "calls_train.jsonl:4: not valid"),
+    ("floor calls: missing file", "floor", None, 2, "none.jsonl: No such file or directory"),
+    ("floor calls beside --data: a bad row", "floor beside", {"audio": 3}, 1, "calls_train.jsonl:4: audio path must"),
+    ("floor calls: only --calls-train", "floor", [], 2, "--calls-train and --calls-test go together"),
 ]
 
 
 @pytest.mark.parametrize(("case", "mode", "bad", "code", "message"), EVALUATE, ids=[c[0] for c in EVALUATE])
 def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, message):
     out = tmp_path / "eval"
-    argv: list = ["--out", out, "--no-plots", "--no-floor", "--quiet"]
-    if mode == "predictions":
+    argv: list = ["--out", out, "--no-plots", "--quiet", *([] if str(mode).startswith("floor") else ["--no-floor"])]
+    if str(mode).startswith("floor"):
+        data = write(tmp_path / "data.jsonl", [fraud_row(tmp_path, 0)])
+        train, test = write(tmp_path / "calls_train.jsonl", calls_records(tmp_path)), tmp_path / "calls_test.jsonl"
+        write(test, calls_records(tmp_path))
+        if isinstance(bad, bytes):
+            write(train, train.read_bytes() + bad)
+        elif isinstance(bad, dict):
+            write(train, [*calls_records(tmp_path), {"id": "k9", "audio": "k9.wav", **bad}])
+        argv += ["--model", "m", "--data", data]
+        if mode == "floor":
+            argv += ["--calls-train", tmp_path / "none.jsonl" if bad is None else train]
+            argv += [] if isinstance(bad, list) else ["--calls-test", test]
+    elif mode == "predictions":
         path = tmp_path / "none.jsonl" if bad is None else write(tmp_path / "p.jsonl", bad)
         argv += ["--predictions", path]
     elif mode == "model":
+        bad, extra = bad if isinstance(bad, tuple) else (bad, bad if isinstance(bad, list) else [])
         rows = [fraud_row(tmp_path, 0)]
         data = write(tmp_path / "data.jsonl", rows)
         if isinstance(bad, bytes):
@@ -208,12 +234,11 @@ def test_evaluate_bad_inputs(tmp_path, capsys, engine, case, mode, bad, code, me
         elif isinstance(bad, dict):
             write(data, [*rows, {**fraud_row(tmp_path, 1), **bad}])
         argv += ["--data", tmp_path / "none.jsonl" if bad is None else data]
-        argv += ["--model", bad if isinstance(bad, str) else "m"]
-        argv += bad if isinstance(bad, list) else []
+        argv += ["--model", bad if isinstance(bad, str) else "m", *extra]
     code_got, _, err = call(evaluate.main, argv, capsys)
     assert code_got == code and message in errors(err)[-1], err
     assert len(errors(err)) == (2 if case == "only bad rows" else 1), err  # there: the row, then the verdict
-    if mode == "model":
+    if mode and mode != "predictions":
         assert engine["echo"].requests == [] and not (out / "predictions.jsonl").exists()
 
 
@@ -246,6 +271,7 @@ SAMPLE = [
     ("nested 10k deep", DEEP, 1, "in.jsonl:2: JSON nested too deeply"),
     ("messages of the wrong type", {"messages": [["user", "hi"]]}, 1, "in.jsonl:2: 'messages'[0] is not an object"),
     ("no user turn", {"messages": [{"role": "system", "content": "x"}]}, 1, "in.jsonl:2: 'messages' has no user"),
+    ("audio missing, --backend openai", OPENAI_MISSING, 1, "in.jsonl:2: audio /no/such.wav does not exist"),
     ("output is the input", ["--output", "{tmp}/in.jsonl"], 2, "--output must not be the input"),
     ("no completions asked", ["--n", "0"], 2, "--n and --batch-size must be >= 1"),
     ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model'"),
@@ -254,6 +280,7 @@ SAMPLE = [
 
 @pytest.mark.parametrize(("case", "bad", "code", "message"), SAMPLE, ids=[c[0] for c in SAMPLE])
 def test_sample_bad_inputs(tmp_path, capsys, engine, case, bad, code, message):
+    bad, extra = bad if isinstance(bad, tuple) else (bad, bad if isinstance(bad, list) else [])
     rows = [fraud_row(tmp_path, 0)]
     data = write(tmp_path / "in.jsonl", rows)
     if isinstance(bad, bytes):
@@ -262,7 +289,7 @@ def test_sample_bad_inputs(tmp_path, capsys, engine, case, bad, code, message):
         write(data, [*rows, {**fraud_row(tmp_path, 1), **bad}])
     before = data.read_bytes()
     argv = ["--model", "m", "--input", tmp_path / "none.jsonl" if bad is None else data, "--output", tmp_path / "o"]
-    argv += [a.format(tmp=tmp_path) for a in bad] if isinstance(bad, list) else []
+    argv += [a.format(tmp=tmp_path) for a in extra]
     got, _, err = call(sample.main, argv, capsys)
     assert got == code and message in err, err
     assert len(errors(err)) == 1 and data.read_bytes() == before
@@ -286,9 +313,9 @@ LIVE = [
     ("raw invalid UTF-8", b'{"id": "\xff"}\n', 1, "calls.jsonl:4: not valid UTF-8 (byte 0xff"),
     ("torn inside a character", '{"id": "诈'.encode()[:-1], 1, "calls.jsonl:4: not valid UTF-8"),
     ("not JSON", b"{id: 1}\n", 1, "calls.jsonl:4: not valid JSON"),
-    # the call loader names the file (and, with safe_qaq.calls, the line); this table checks it says "audio"
-    ("a call without audio", {"id": "k9", "label": "fraud"}, 1, r"calls\.jsonl(:4)?: .*audio"),
-    ("audio null", {"id": "k9", "audio": None}, 1, r"calls\.jsonl(:4)?: .*audio"),
+    ("a call without audio", {"id": "k9", "label": "fraud"}, 1, "calls.jsonl:4: audio path must be a non-empty"),
+    ("audio null", {"id": "k9", "audio": None}, 1, "calls.jsonl:4: audio path must be a non-empty string, got None"),
+    ("id empty", {"id": " ", "audio": "k9.wav"}, 1, "calls.jsonl:4: 'id' must be a non-empty string, got ' '"),
     ("a call id twice", "k0 again", 1, "call id 'k0' appears twice"),
     ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model': OSError"),
     ("bad hop", ["--hop", "0"], 2, "--hop and --chunk-s > 0"),
@@ -332,13 +359,21 @@ LIVE_CALL = [
     ("audio missing", ["--audio", "{tmp}/none.wav"], 2, "none.wav: no such file"),
     ("unknown call id", ["--calls", "{tmp}/calls.jsonl", "--call-id", "k9"], 1, "call 'k9' not in"),
     ("unreadable audio", ["--audio", "{tmp}/bad.wav"], 1, "call bad: its audio could not be read"),
+    ("unreadable audio of a listed call", ["--calls", "{tmp}/bad_audio.jsonl", "--call-id", "kb"], 1, "call kb: its"),
+    ("calls: a bad row", ["--calls", "{tmp}/bad_row.jsonl", "--call-id", "k0"], 1, "bad_row.jsonl:4: 'id' must be"),
+    ("calls: raw invalid UTF-8", ["--calls", "{tmp}/bad_byte.jsonl", "--call-id", "k0"], 1, "bad_byte.jsonl:4: not"),
+    ("calls: missing file", ["--calls", "{tmp}/none.jsonl", "--call-id", "k0"], 2, "none.jsonl: No such file"),
 ]
 
 
 @pytest.mark.parametrize(("case", "extra", "code", "message"), LIVE_CALL, ids=[c[0] for c in LIVE_CALL])
 def test_live_call_bad_inputs(tmp_path, capsys, engine, case, extra, code, message):
-    write(tmp_path / "calls.jsonl", calls_records(tmp_path))
+    records = calls_records(tmp_path)
+    calls = write(tmp_path / "calls.jsonl", records)
     write(tmp_path / "bad.wav", b"RIFF but not really")
+    write(tmp_path / "bad_audio.jsonl", [*records, {"id": "kb", "audio": str(tmp_path / "bad.wav"), "label": "fraud"}])
+    write(tmp_path / "bad_row.jsonl", [*records, {"id": "", "audio": "k9.wav"}])
+    write(tmp_path / "bad_byte.jsonl", calls.read_bytes() + b'{"id": "\xff"}\n')
     argv = ["call", "--model", "listener", "--cache-dir", tmp_path / "cache", *[a.format(tmp=tmp_path) for a in extra]]
     got, _, err = call(live.main, argv, capsys)
     assert got == code and message in err, err

@@ -53,6 +53,21 @@ def test_read_logging_jsonl_skips_summary_and_truncated(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
 
 
+def test_curves_of_a_log_killed_inside_a_character_or_with_a_bad_byte(tmp_path, capsys):
+    """A run killed mid-write can leave half a multibyte character; it used to stop the whole plot."""
+    log = tmp_path / "logging.jsonl"
+    good = "\n".join(grpo_log_lines(4)[:2]).encode() + b"\n"
+    torn = json.dumps({"loss": 0.1, "note": "诈骗", "global_step/max_steps": "3/4"}, ensure_ascii=False).encode()
+    log.write_bytes(good + torn[: torn.index("骗".encode()) + 1])
+    assert plots.main(["curves", str(tmp_path)]) == 0
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert capsys.readouterr().err == ""  # a torn last line is a run still writing: nothing to warn about
+    log.write_bytes(good.replace(b"\n", b"\xff\n", 1) + torn)  # a bad byte on line 1, not the last line
+    assert [r["step"] for r in plots.read_logging_jsonl(log)] == [2, 3]
+    column = good.index(b"\n") + 1
+    assert capsys.readouterr().err == f"warning: skipped {log}:1: not valid UTF-8 (byte 0xff at column {column})\n"
+
+
 def test_curve_panels_follow_the_keys_present():
     keys = json.loads(grpo_log_lines(1)[0]).keys()
     panels = dict(plots.curve_panels(list(keys)))

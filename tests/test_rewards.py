@@ -459,12 +459,42 @@ def test_reward_log_is_off_by_default_and_appends_when_asked(tmp_path, monkeypat
     monkeypatch.setattr(rewards, "_LOG", None)
 
 
-def test_reward_log_only_on_main_process(tmp_path, monkeypatch):
-    monkeypatch.setenv(rewards.LOG_ENV, str(tmp_path / "r.jsonl"))
-    monkeypatch.setenv("RANK", "1")
-    assert not rewards.RewardLog.from_env().enabled
-    monkeypatch.setenv("RANK", "0")
-    assert rewards.RewardLog.from_env().enabled
+def test_reward_log_every_rank_logs_its_own_completions_once(tmp_path, monkeypatch):
+    """ms-swift scores each rank's completions on that rank: rank 0 (or a lone process) logs into the given
+    path, rank N into rewards.rankN.jsonl beside it, so together they hold every completion exactly once."""
+    log_path = tmp_path / "rewards.jsonl"
+    monkeypatch.setenv(rewards.LOG_ENV, str(log_path))
+    share = {"0": ["rank0 a", "rank0 b"], "1": ["rank1 a", "rank1 b"], None: ["single"]}
+    try:
+        for rank, completions in share.items():
+            if rank is None:
+                monkeypatch.delenv("RANK", raising=False)
+            else:
+                monkeypatch.setenv("RANK", rank)
+            monkeypatch.setattr(rewards, "_LOG", None)  # a fresh process
+            make("prompt_format")(completions, answers=["fraud"] * len(completions))
+            rewards._LOG._file.close()
+    finally:
+        monkeypatch.setattr(rewards, "_LOG", None)
+    files = sorted(tmp_path.iterdir())
+    assert [p.name for p in files] == ["rewards.jsonl", "rewards.rank1.jsonl"]
+    logged = {p.name: [json.loads(line)["completion"] for line in p.read_text().splitlines()] for p in files}
+    assert logged == {"rewards.jsonl": ["rank0 a", "rank0 b", "single"], "rewards.rank1.jsonl": ["rank1 a", "rank1 b"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "rank", "expected"),
+    [
+        ("/l/rewards.jsonl", None, "/l/rewards.jsonl"),
+        ("/l/rewards.jsonl", "0", "/l/rewards.jsonl"),
+        ("/l/rewards.jsonl", "3", "/l/rewards.rank3.jsonl"),
+        ("/l.d/rewards", "12", "/l.d/rewards.rank12"),
+        ("/l/rewards.jsonl", "x", "/l/rewards.jsonl"),  # not torchrun's: treated as a single process, never raises
+        ("/l/rewards.jsonl", "²", "/l/rewards.jsonl"),
+    ],
+)
+def test_reward_log_path_per_rank(path, rank, expected):
+    assert rewards.rank_log_path(path, rank) == expected
 
 
 def test_docstring_examples():
