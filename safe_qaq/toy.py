@@ -106,7 +106,7 @@ def measure(
     batch_size: int = 16,
     latency_rows: int = LATENCY_ROWS,
 ) -> dict[str, Any]:
-    """Greedy answers of ``model`` on the toy's train/test × offline/real-time rows; writes ``<out>/measure_<name>.json``."""
+    """Greedy answers of ``model`` on train/test × offline/real-time rows; writes ``<out>/measure_<name>.json``."""
     from safe_qaq.engine import make_engine
 
     rows_per_set = rows_per_set or DEFAULT_ROWS
@@ -180,7 +180,7 @@ def claims(out: Path, measured: dict[str, dict]) -> list[dict[str, Any]]:
     kept_fraction = stats["kept"] / stats["prompts"] if stats.get("prompts") else None
     found.append(
         {
-            "name": "rejection sampling keeps a correct completion for at least half the prompts, and RSFT trains on them",
+            "name": "rejection sampling keeps a correct completion for >= half the prompts, and RSFT trains on them",
             "held": kept_fraction is not None and kept_fraction >= 0.5 and trained_on == [kept_file],
             "numbers": {**stats, "kept_fraction": kept_fraction, "rsft_dataset": trained_on},
         }
@@ -208,7 +208,7 @@ def claims(out: Path, measured: dict[str, dict]) -> list[dict[str, Any]]:
         a, b = lcrl["sets"]["test/realtime"], stage3["sets"]["test/realtime"]
         found.append(
             {
-                "name": "stage 3 learns to wait: more nulls on early-stage prefixes, higher stage accuracy (test split)",
+                "name": "stage 3 learns to wait: more nulls on early prefixes, higher stage accuracy (test split)",
                 "held": b["early_null_rate"] > a["early_null_rate"] and b["stage_accuracy"] > a["stage_accuracy"],
                 "numbers": {"early_null_lcrl": a["early_null_rate"], "early_null_stage3": b["early_null_rate"],
                             "stage_acc_lcrl": a["stage_accuracy"], "stage_acc_stage3": b["stage_accuracy"]},

@@ -41,7 +41,7 @@ import prompt
 
 PHRASE_DIR = Path(__file__).resolve().parents[1] / "data" / "toy_phrases"
 SAMPLE_RATE = 16000
-VERSION = 1  # bump when the assembly below changes: cached toy data is rebuilt
+VERSION = 4  # bump when the assembly below changes: cached toy data is rebuilt
 
 SCENE_KEYS = dict(
     zip(
@@ -69,6 +69,17 @@ FRAUD_SCENES = {
     "fake_service": ("delivery", "shopping"),
     "email": ("transport", "appointment"),
 }
+
+# The toy world's acoustic cue, which a 0.2 M-parameter model picks up within minutes (the words alone take it
+# far longer): from the first phrase that shows the call's purpose on, the line carries the caller's setting --
+# a narrow band of background noise, as a street, a shop or a call centre sounds behind a voice.  A scene's
+# phrases bring in the scene's band, a fraud phrase its gang's band; before them (the greetings) the line is
+# quiet, so an early prefix reveals nothing.
+# The bands interleave on one geometric grid over the telephone band.
+_BANDS_HZ = tuple(round(400 * 8 ** (i / 14)) for i in range(15))  # 400 Hz .. 3200 Hz
+SCENE_AMBIENCE_HZ = dict(zip(sorted(SCENE_KEYS), _BANDS_HZ[1::2], strict=True))
+FRAUD_AMBIENCE_HZ = dict(zip(sorted(FRAUD_KEYS), _BANDS_HZ[0::2], strict=True))
+AMBIENCE_LEVEL = 0.03  # RMS of the band; speech peaks at 0.5
 
 # key -> (speaker role, text).  "c" phrases are spoken by the caller's voice, "e" by the callee's.
 _CALLER_GREETINGS = ("喂，你好。", "你好，打扰您一下。", "您好，请问是王先生吗？", "喂，听得到吗？")
@@ -127,16 +138,11 @@ def _bank() -> dict[str, tuple[str, str]]:
 #: Every phrase of the toy world: key -> (speaker role, text).
 PHRASES: dict[str, tuple[str, str]] = _bank()
 
-# Analysis clauses a warm-start answer may think before its conclusion: removable padding that
-# gives the warm base think texts of varied length, for the length rewards to act on.
-THOUGHTS = (
-    "先听身份。",
-    "再听来意。",
-    "留意要求。",
-    "注意转账。",
-    "听清语气。",
-    "想想结尾。",
-)
+# A checklist a warm-start answer thinks through, in this order, before its conclusion, stopping after a
+# random number of items: removable reasoning, so the length rewards have something to act on.  Longer
+# checklists are likelier, so the warm base's greedy answer thinks through all of them.
+THOUGHTS = ("先听身份。", "再听来意。", "留意要求。", "注意转账。")
+THOUGHT_WEIGHTS = (0.1, 0.1, 0.15, 0.25, 0.4)  # P(k items), k = 0..4
 
 
 def phrase_file(key: str) -> str:
@@ -183,18 +189,42 @@ def plan_call(rng: random.Random, fraud: bool, long: bool = False) -> dict[str, 
         "scene": SCENE_KEYS[scene_key],
         "label": prompt.FRAUD if fraud else prompt.NORMAL,
         "fraud_type": FRAUD_KEYS[fraud_key] if fraud else None,
+        "scene_key": scene_key,
+        "fraud_key": fraud_key,
         "phrases": turns,
     }
 
 
+def phrase_band(key: str) -> int | None:
+    """The background band a phrase is spoken over (Hz), or None for phrases that carry no label."""
+    group, _, rest = key.partition(".")
+    name = rest.split(".")[0]
+    if group in ("scene", "normal"):
+        return SCENE_AMBIENCE_HZ[name]
+    return FRAUD_AMBIENCE_HZ[name] if group == "fraud" else None
+
+
+def ambience(centre_hz: float, n: int, seed: int) -> np.ndarray:
+    """White noise band-passed to +-4 % around ``centre_hz``, at :data:`AMBIENCE_LEVEL` RMS."""
+    from scipy.signal import butter, sosfilt
+
+    band = butter(2, [centre_hz / 1.04, centre_hz * 1.04], btype="band", fs=SAMPLE_RATE, output="sos")
+    noise = sosfilt(band, np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+    return noise * (AMBIENCE_LEVEL / max(float(np.sqrt(np.mean(noise**2))), 1e-9))
+
+
 def render(plan: dict[str, Any], audio: dict[str, np.ndarray], rng: random.Random) -> tuple[np.ndarray, list[dict]]:
-    """The call's audio (pauses, per-turn gain and line noise drawn from ``rng``) and timed turns."""
+    """The call's audio (pauses, per-turn gain, background and line noise drawn from ``rng``) and timed turns."""
     pieces = [np.zeros(int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), np.float32)]
     cursor = len(pieces[0])
     turns = []
+    starts: dict[int, int] = {}  # band -> sample where it comes in (and stays until the end)
     for key in plan["phrases"]:
         role, text = PHRASES[key]
         speech = audio[key] * rng.uniform(0.6, 1.0)
+        centre = phrase_band(key)
+        if centre is not None:
+            starts.setdefault(centre, cursor)
         turns.append(
             {
                 "speaker": role,
@@ -207,6 +237,8 @@ def render(plan: dict[str, Any], audio: dict[str, np.ndarray], rng: random.Rando
         pieces += [speech.astype(np.float32), pause]
         cursor += len(speech) + len(pause)
     signal = np.concatenate(pieces)
+    for centre, start in starts.items():
+        signal[start:] += ambience(centre, len(signal) - start, rng.getrandbits(32))
     noise = np.random.default_rng(rng.getrandbits(32)).standard_normal(len(signal)).astype(np.float32)
     signal = signal + 0.003 * noise  # a quiet line hiss: no two calls are bit-identical
     return np.clip(signal, -1.0, 1.0), turns
@@ -223,7 +255,7 @@ def build(
     """Write ``<out>/<split>.jsonl`` (our metadata format) and the calls' FLAC files; reuse a same build."""
     import soundfile as sf
 
-    splits = splits or {"warmup": 120, "rl": 160}
+    splits = splits or {"warmup": 400, "rl": 160}
     out = Path(out)
     recipe = {"version": VERSION, "splits": splits, "seed": seed, "long_fraction": long_fraction}
     marker = out / "toy_build.json"
@@ -264,8 +296,8 @@ def build(
 # ---------------------------------------------------------------------------
 
 
-def varied_answer(row: dict[str, Any], rng: random.Random, *, max_thoughts: int = 4, null_early: float = 0.5) -> str:
-    """A gold answer for an SFT row with 0..``max_thoughts`` analysis clauses before its conclusion.
+def varied_answer(row: dict[str, Any], rng: random.Random, *, null_early: float = 0.5) -> str:
+    """A gold answer for an SFT row that thinks through the first k :data:`THOUGHTS` before its conclusion.
 
     Real-time rows at ``early_stage`` answer ``null`` ("not enough audio yet") with probability
     ``null_early``, else the gold label: the warm base knows both moves, and stage 3 learns when
@@ -280,7 +312,7 @@ def varied_answer(row: dict[str, Any], rng: random.Random, *, max_thoughts: int 
     from safe_qaq.answer import parse_answer
 
     reason = parse_answer(conclusion).obj["reason"]
-    thoughts = rng.sample(THOUGHTS, rng.randint(0, max_thoughts))
+    thoughts = THOUGHTS[: rng.choices(range(len(THOUGHT_WEIGHTS)), weights=THOUGHT_WEIGHTS)[0]]
     return prompt.format_answer(
         task,
         label,
@@ -297,7 +329,8 @@ def warm_rows(rows: Sequence[dict[str, Any]], seed: int = 0, **kwargs: Any) -> l
     out = []
     for row in rows:
         answer = varied_answer(row, rng, **kwargs)
-        out.append({**row, "messages": [*prompt.question_of(row["messages"]), {"role": "assistant", "content": answer}]})
+        question = prompt.question_of(row["messages"])
+        out.append({**row, "messages": [*question, {"role": "assistant", "content": answer}]})
     return out
 
 
@@ -305,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m safe_qaq.toy_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/toy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-calls", type=int, default=120)
+    parser.add_argument("--warmup-calls", type=int, default=400)
     parser.add_argument("--rl-calls", type=int, default=160)
     args = parser.parse_args(argv)
     paths = build(args.out, splits={"warmup": args.warmup_calls, "rl": args.rl_calls}, seed=args.seed)

@@ -21,7 +21,8 @@ from prompt import question_of
 from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT, run_cli, write_jsonl
 
-TEMPLATE = ["--template", "qwen2_audio_expanded", "--external_plugins", str(ROOT / "safe_qaq" / "qwen2_audio_template.py")]
+PLUGIN = str(ROOT / "safe_qaq" / "qwen2_audio_template.py")
+TEMPLATE = ["--template", "qwen2_audio_expanded", "--external_plugins", PLUGIN]
 COMMON = [
     "--model_type", "qwen2_audio", *TEMPLATE, "--check_model", "false", "--torch_dtype", "float32",
     "--add_version", "false", "--report_to", "none", "--dataloader_num_workers", "0", "--logging_steps", "1",
@@ -127,8 +128,12 @@ def test_logged_grpo_rewards_equal_ours_recomputed(overfit, tmp_path):
         for i, completion in enumerate(table["completion"]):
             row = by_solution[table["solution"][i]]
             for name in names:
-                ours = rewards.REWARDS[name]()([completion], answers=[row["answers"]],
-                                               conversation_stage=[row["conversation_stage"]], task=[row["task"]])
+                ours = rewards.REWARDS[name]()(
+                    [completion],
+                    answers=[row["answers"]],
+                    conversation_stage=[row["conversation_stage"]],
+                    task=[row["task"]],
+                )
                 theirs = table[rewards.REWARDS[name].__name__][i]
                 assert math.isclose(ours[0], theirs, abs_tol=1e-6), (name, completion, ours, theirs)
                 checked += 1
