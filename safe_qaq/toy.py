@@ -31,8 +31,9 @@ from prompt import EARLY_STAGE, TASKS
 from safe_qaq.answer import judge, parse_answer, resolve_stage, resolve_task
 from safe_qaq.jsonl import dumps, read_jsonl
 
-# Rows measured per (split, kind): enough for a few points of resolution, few enough for 2 cores.
-DEFAULT_ROWS = {"offline": 100, "realtime": 120}
+# Rows measured per split and kind: the claims read the test split, so all of its offline rows and 120
+# real-time ones (the same rows for every model); train is a smaller check of fit.  ~30 s a model on 2 cores.
+DEFAULT_ROWS = {"train": {"offline": 48, "realtime": 48}, "test": {"offline": 100, "realtime": 120}}
 LATENCY_ROWS = 24
 STAGE_ORDER = ("base", "stage1", "rsft", "lcrl", "stage3")
 STAGE_TITLES = {
@@ -101,7 +102,7 @@ def measure(
     data: Path,
     out: Path,
     *,
-    rows_per_set: dict[str, int] | None = None,
+    rows_per_set: dict[str, dict[str, int]] | None = None,
     max_tokens: int = 96,
     batch_size: int = 16,
     latency_rows: int = LATENCY_ROWS,
@@ -115,8 +116,8 @@ def measure(
     answers_path = out / f"answers_{name}.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     with open(answers_path, "w", encoding="utf-8") as sink:
-        for split in ("train", "test"):
-            for kind, limit in rows_per_set.items():
+        for split, kinds in rows_per_set.items():
+            for kind, limit in kinds.items():
                 rows = pick_rows(read_jsonl(data / f"{kind}_{split}.jsonl"), limit)
                 texts = []
                 for lo in range(0, len(rows), batch_size):
@@ -176,15 +177,23 @@ def claims(out: Path, measured: dict[str, dict]) -> list[dict[str, Any]]:
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     rsft_args = out / "stage2_rsft" / "args.json"
     trained_on = json.loads(rsft_args.read_text()).get("dataset") if rsft_args.exists() else None
-    kept_file = str(out / "stage2_samples" / "rsft.jsonl")
+    kept_file = out / "stage2_samples" / "rsft.jsonl"
     kept_fraction = stats["kept"] / stats["prompts"] if stats.get("prompts") else None
+    # RSFT reads the pre-flight's copy of the kept file (rows over MAX_LENGTH dropped): every row it trained on
+    # must be a kept completion, none a gold answer.
+    kept_rows = {dumps(r) for r in read_jsonl(kept_file)} if kept_file.exists() else set()
+    trained_rows = [dumps(r) for f in trained_on or [] for r in read_jsonl(f)] if trained_on else []
+    from_kept = sum(r in kept_rows for r in trained_rows)
     found.append(
         {
             "name": "rejection sampling keeps a correct completion for >= half the prompts, and RSFT trains on them",
-            "held": kept_fraction is not None and kept_fraction >= 0.5 and trained_on == [kept_file],
-            "numbers": {**stats, "kept_fraction": kept_fraction, "rsft_dataset": trained_on},
+            "held": kept_fraction is not None and kept_fraction >= 0.5 and bool(trained_rows)
+            and from_kept == len(trained_rows),
+            "numbers": {"prompts": stats.get("prompts"), "kept": stats.get("kept"), "kept_fraction": kept_fraction,
+                        "think_mean_all": stats.get("think_mean_all"), "think_mean_kept": stats.get("think_mean_kept"),
+                        "rsft_rows": len(trained_rows), "rsft_rows_from_kept": from_kept},
         }
-    )
+    )  # fmt: skip
 
     rsft, lcrl = measured.get("rsft"), measured.get("lcrl")
     if rsft and lcrl:

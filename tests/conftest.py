@@ -32,7 +32,7 @@ def warm_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("warm")
     out = folder / "tiny-qwen2-audio-warm"
     argv = ["--out", str(out), "--base", str(folder / "base"), "--toy-dir", str(folder / "toy"),
-            "--warmup-calls", "40", "--rl-calls", "0", "--listen-steps", "10", "--format-steps", "30"]  # fmt: skip
+            "--warmup-calls", "40", "--rl-calls", "0", "--steps", "30"]  # fmt: skip
     assert warm_start.main(argv) == 0
     return out
 
