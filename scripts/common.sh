@@ -32,6 +32,14 @@ case "$PROFILE" in
         # CPU, fp32, one process, no vLLM or DeepSpeed, from the warm base (it knows the answer formats).
         : "${MODEL:=$WARM_MODEL}" "${DTYPE:=float32}" "${USE_VLLM:=false}" "${DEEPSPEED=}"
         : "${SAMPLE_BACKEND:=pt}" "${DATALOADER_WORKERS:=0}"
+        if [ "$PROFILE" = "smoke" ]; then
+            # The demo: a few steps of 2 prompts per stage, 8 prompts sampled. Half the toy's GRPO rate: at 1e-3 two
+            # prompts a step are noisy enough to break the final model's answer JSON on the bundled calls.
+            : "${GRAD_ACC:=2}" "${MAX_STEPS:=6}" "${SAMPLE_LIMIT:=8}" "${GRPO_LR:=5e-4}"
+        else
+            # The toy: 4 prompts a step; scripts/toy.sh sets each stage's MAX_STEPS.
+            : "${GRAD_ACC:=4}" "${DATA_DIR:=$ROOT/data/toy/prepared}" "${OUTPUT_ROOT:=$ROOT/outputs/toy}"
+        fi
         # Full fine-tuning of the language model: LoRA at any rate tried either did not move the 0.2 M-parameter
         # model or collapsed it; full tuning at lr 1e-3 stays stable (KL <= 0.05).
         : "${TUNER:=full}" "${GRPO_LR:=1e-3}" "${RSFT_LR:=5e-4}"
@@ -44,13 +52,6 @@ case "$PROFILE" in
         # thinking is 14-34 estimated tokens, far under S = 200, so LCRL takes the toy-sized penalty (S = 16).
         : "${STAGE1_REWARDS:=adaptive_classification prompt_format}"
         : "${LCRL_REWARDS:=adaptive_classification prompt_format think_length_penalty_toy}"
-        if [ "$PROFILE" = "smoke" ]; then
-            # The demo: a few steps of 2 prompts per stage, 8 prompts sampled.
-            : "${GRAD_ACC:=2}" "${MAX_STEPS:=6}" "${SAMPLE_LIMIT:=8}"
-        else
-            # The toy: 4 prompts a step; scripts/toy.sh sets each stage's MAX_STEPS.
-            : "${GRAD_ACC:=4}" "${DATA_DIR:=$ROOT/data/toy/prepared}" "${OUTPUT_ROOT:=$ROOT/outputs/toy}"
-        fi
         ;;
     *)
         echo "PROFILE must be 'paper', 'smoke' or 'toy', got '$PROFILE'" >&2
