@@ -43,20 +43,8 @@ PHRASE_DIR = Path(__file__).resolve().parents[1] / "data" / "toy_phrases"
 SAMPLE_RATE = 16000
 VERSION = 4  # bump when the assembly below changes: cached toy data is rebuilt
 
-SCENE_KEYS = dict(
-    zip(
-        ("food_ordering", "customer_service", "appointment", "transport", "shopping", "taxi", "delivery"),
-        prompt.SCENES,
-        strict=True,
-    )
-)
-FRAUD_KEYS = dict(
-    zip(
-        ("investment", "phishing", "identity_theft", "lottery", "bank", "kidnapping", "fake_service", "email"),
-        prompt.FRAUD_TYPES,
-        strict=True,
-    )
-)
+SCENE_KEYS = prompt.SCENE_HANDLES
+FRAUD_KEYS = prompt.FRAUD_TYPE_HANDLES
 
 # Which scenes each fraud type pretends (a fake customer-service call is 咨询客服 ...).
 FRAUD_SCENES = {

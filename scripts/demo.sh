@@ -18,19 +18,8 @@ rm -rf "$OUTPUT_ROOT"  # the demo's own folder: every run starts from the base m
 mkdir -p "$LOGS"
 demo_start=$(date +%s)
 
-step() {  # step NAME COMMAND...: run quietly into a log, print the time, show the log on failure
-    local name="$1" start
-    shift
-    start=$(date +%s)
-    printf '%-34s' "$name"
-    if "$@" > "$LOGS/$name.log" 2>&1; then
-        printf 'ok  %4ss  (log: %s)\n' "$(( $(date +%s) - start ))" "$LOGS/$name.log"
-    else
-        echo "FAILED -- last lines of $LOGS/$name.log:"
-        tail -n 40 "$LOGS/$name.log"
-        exit 1
-    fi
-}
+source "$ROOT/scripts/step.sh"
+STEP_SHOW_LOG=1
 
 echo "SAFE-QAQ demo: the warm-started tiny Qwen2-Audio, bundled calls, CPU. A few steps a stage: the curves move,"
 echo "the scores are not a fraud detector's."

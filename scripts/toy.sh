@@ -21,19 +21,7 @@ rm -rf "$OUTPUT_ROOT"  # the toy's own folder: every run starts from the warm ba
 mkdir -p "$LOGS"
 toy_start=$(date +%s)
 
-step() {  # step NAME COMMAND...: run quietly into a log, print the time, show the log on failure
-    local name="$1" start
-    shift
-    start=$(date +%s)
-    printf '%-26s' "$name"
-    if "$@" > "$LOGS/$name.log" 2>&1; then
-        printf 'ok  %4ss\n' "$(( $(date +%s) - start ))"
-    else
-        echo "FAILED -- last lines of $LOGS/$name.log:"
-        tail -n 40 "$LOGS/$name.log"
-        exit 1
-    fi
-}
+source "$ROOT/scripts/step.sh"
 measure() { python -m safe_qaq.toy measure --name "$1" --model "$2" --data "$DATA_DIR" --out "$OUTPUT_ROOT"; }
 
 echo "SAFE-QAQ toy reproduction: the warm-started tiny model on synthetic calls, CPU. It verifies the machinery."
