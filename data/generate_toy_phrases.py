@@ -3,10 +3,11 @@
 Why: the 24 bundled calls are too few to learn anything but memorisation, and a few hundred
 calls of FLAC would not belong in the repository.  A toy *world* does: a fixed bank of short
 Chinese phrases -- greetings, one set of phrases per scene, one per fraud type, replies and
-goodbyes -- each synthesised once here and committed (~2 MB of Ogg Vorbis).  The toy calls are
-then assembled from them at build time, seeded, with no TTS needed.  Because the same phrase
-always sounds the same, a 0.5 M-parameter model can learn which words mark which label within
-minutes on a CPU: the toy verifies the training machinery, it is not a fraud detector.
+goodbyes -- each synthesised once here and committed (0.9 MB of Ogg Vorbis).  The toy calls are
+then assembled from them at build time, seeded, with no TTS needed.  The words alone are not
+something the 0.2 M-parameter toy model learns to hear in minutes, so ``safe_qaq.toy_data`` adds
+an audible cue per label when it assembles a call: the toy verifies the training machinery, it is
+not a fraud detector.
 
 The phrase texts are in ``safe_qaq/toy_data.py`` (``PHRASES``), the single place that says what
 each label's calls contain.  Rerun this only after editing them:

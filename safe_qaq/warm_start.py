@@ -92,6 +92,7 @@ def warm_rows(prepared: Path, seed: int) -> list[dict]:
 def sft(args: argparse.Namespace, model: Path, data: Path, run: Path, steps: int, lr: float) -> Path:
     """One full fine-tune with ``swift sft``; returns its last checkpoint."""
     from safe_qaq import loss_scale
+
     shutil.rmtree(run, ignore_errors=True)
     command = [
         args.swift, "sft", "--model", str(model), "--model_type", "qwen2_audio",

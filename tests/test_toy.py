@@ -158,3 +158,12 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
 
                 assert ids(answer) == [i for s in segments for i in ids(s)], answer
     assert reason_segments("no think here") == (["no think here"], [1.0])
+
+
+def test_committed_phrase_bank_matches_the_phrase_texts():
+    """data/toy_phrases was synthesised from toy_data.PHRASES as they are now (rerun the generator after edits)."""
+    index = json.loads((toy_data.PHRASE_DIR / "index.json").read_text(encoding="utf-8"))
+    assert set(index) == set(toy_data.PHRASES)
+    for key, (role, text) in toy_data.PHRASES.items():
+        assert (index[key]["role"], index[key]["text"]) == (role, text), key
+        assert (toy_data.PHRASE_DIR / index[key]["file"]).is_file(), key
