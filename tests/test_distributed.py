@@ -1,9 +1,9 @@
 """The distributed launch and serving, run for real on CPU with the tiny model (slow).
 
 One chain through the real stage scripts (PROFILE=smoke with the recipe's LoRA tuner, one step per stage):
-stage-1 GRPO on two processes, rejection sampling in two shards, the filter, then RSFT as a two-"node" run on localhost (two launches,
-NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true). Then the RSFT model is
-served with `swift deploy` and asked through the OpenAI-compatible backend.
+stage-1 GRPO on two processes, rejection sampling in two shards, the filter, then RSFT as a two-"node" run on
+localhost (two launches, NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true).
+Then the RSFT model is served with `swift deploy` and asked through the OpenAI-compatible backend.
 """
 
 from __future__ import annotations
