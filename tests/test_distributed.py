@@ -39,8 +39,14 @@ def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> di
         # default to full tuning from the warm base), at the smallest sizes: a random model, 2 x 2 completions.
         TUNER="lora",
         STAGE1_REWARDS="adaptive_classification prompt_format think_length_reward_300",
-        NUM_GENERATIONS="2", GRPO_BATCH="2", GRAD_ACC="1", RSFT_BATCH="2", RSFT_GRAD_ACC="1",
-        MAX_COMPLETION_LENGTH="32", SAMPLE_N="4", SAVE_STEPS="1",
+        NUM_GENERATIONS="2",
+        GRPO_BATCH="2",
+        GRAD_ACC="1",
+        RSFT_BATCH="2",
+        RSFT_GRAD_ACC="1",
+        MAX_COMPLETION_LENGTH="32",
+        SAMPLE_N="4",
+        SAVE_STEPS="1",
         ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
