@@ -42,6 +42,16 @@ FRAUD_TYPES: tuple[str, ...] = (
     "邮件诈骗",
 )
 
+#: ASCII handles for the scenes and fraud types, for file names and code (the data generators); same order.
+SCENE_HANDLES: dict[str, str] = dict(
+    zip(("food_ordering", "customer_service", "appointment", "transport", "shopping", "taxi", "delivery"), SCENES,
+        strict=True)
+)  # fmt: skip
+FRAUD_TYPE_HANDLES: dict[str, str] = dict(
+    zip(("investment", "phishing", "identity_theft", "lottery", "bank", "kidnapping", "fake_service", "email"),
+        FRAUD_TYPES, strict=True)
+)  # fmt: skip
+
 EARLY_STAGE = "early_stage"
 LATE_STAGE = "late_stage"
 COMPLETE = "complete"

@@ -16,7 +16,12 @@ think_length_reward_300    think-length bonus up to 5 (T=300)          --
 think_length_penalty_200   LCRL length penalty (S=200, M=5)            --
 think_length_penalty_300   LCRL length penalty (S=300, M=5)            --
 think_length_penalty_500   LCRL length penalty (S=500, M=7)            --
+think_length_penalty_toy   the same at toy scale (S=16, M=5): CPU only --
 =========================  ==========================================  ================================
+
+The eight recipe names are the published scripts'; ``think_length_penalty_toy`` exists only for the CPU toy
+run (``make toy``, ``make demo``), whose warm-started tiny model thinks 14-34 estimated tokens -- under any
+recipe threshold -- and is never a substitute for them.
 
 ``answers`` is the gold label (a scene, ``fraud``/``normal`` or a fraud type);
 ``conversation_stage`` the gold stage (missing = ``complete``); ``task`` is optional
@@ -434,6 +439,19 @@ class ThinkLengthPenalty500(ThinkLengthPenalty):
     name, start, cap, floor = "think_length_penalty_500", 500, 7.0, -7.0
 
 
+class ThinkLengthPenaltyToy(ThinkLengthPenalty):
+    """Toy-scale LCRL penalty (CPU runs only): the toy's bare conclusion thinks 13-14 estimated tokens and each
+    checklist item adds 5, so S = 16 leaves the conclusion free and charges every extra item (about -1.9 for one,
+    -2.4 for four).
+
+    >>> one_item = parse_answer("<think>先听身份。通话中出现了典型的诈骗话术。</think>")  # t = 5 + 14
+    >>> round(ThinkLengthPenaltyToy().score(one_item, None, None, "complete"), 2)
+    -1.86
+    """
+
+    name, start, cap, floor = "think_length_penalty_toy", 16, 5.0, -5.0
+
+
 #: The one registry of reward names (the names the stage scripts pass to ``--reward_funcs``).
 REWARDS: dict[str, type[SafeQaqReward]] = {
     cls.name: cls
@@ -446,6 +464,7 @@ REWARDS: dict[str, type[SafeQaqReward]] = {
         ThinkLengthPenalty200,
         ThinkLengthPenalty300,
         ThinkLengthPenalty500,
+        ThinkLengthPenaltyToy,
     )
 }
 

@@ -10,9 +10,10 @@ else
     wait_for_node0 "$RSFT_DATASET"
 fi
 if [ ! -s "$RSFT_DATASET" ] && [ "$PROFILE" = "smoke" ]; then
-    # A randomly initialised tiny model never answers correctly, so nothing is kept; the smoke run
-    # trains on the prepared gold answers instead to keep the chain going. A real run stops here.
-    echo "smoke: $RSFT_DATASET is empty (a random model answers nothing correctly); using the gold SFT rows"
+    # A smoke run samples a handful of prompts, and a barely warmed test model may solve none of them; the
+    # smoke run then trains on the prepared gold answers to keep the chain going, and says so. Any other
+    # profile stops here.
+    echo "smoke: $RSFT_DATASET is empty (no sampled prompt was solved); using the gold SFT rows"
     RSFT_DATASET="$DATA_DIR/sft_train.jsonl"
 fi
 check_file "$RSFT_DATASET" "run sample.sh and process_samples.sh first (or no prompt had a correct sample)"

@@ -43,21 +43,9 @@ except ImportError:  # run from a checkout without `pip install -e .`
 SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 10.0, 40.0
 
-# English handles for the label strings, which only prompt.py spells (same order as there).
-SCENE = dict(
-    zip(
-        ("food_ordering", "customer_service", "appointment", "transport", "shopping", "taxi", "delivery"),
-        prompt.SCENES,
-        strict=True,
-    )
-)
-FRAUD_TYPE = dict(
-    zip(
-        ("investment", "phishing", "identity_theft", "lottery", "bank", "kidnapping", "fake_service", "email"),
-        prompt.FRAUD_TYPES,
-        strict=True,
-    )
-)
+# English handles for the label strings, which only prompt.py spells.
+SCENE = prompt.SCENE_HANDLES
+FRAUD_TYPE = prompt.FRAUD_TYPE_HANDLES
 
 # Telephone channel (300-3400 Hz): sounds like a phone call and makes the FLAC files ~25% smaller.
 TELEPHONE_BAND = butter(4, [300, 3400], btype="band", fs=SAMPLE_RATE, output="sos")

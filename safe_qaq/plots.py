@@ -274,13 +274,75 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     return [curves_png(log, out if out is not None else log.parent / "curves.png") for log in logs]
 
 
+# ---------------------------------------------------------------------------
+# What each stage moved (the demo's before/after)
+# ---------------------------------------------------------------------------
+
+#: Per stage folder: the logged metric that stage targets (a key, or a regex over the log's keys).
+STAGE_TARGETS = (
+    ("stage1_grpo", "1 GRPO", r"rewards/AdaptiveClassification/mean", "accuracy reward"),
+    ("stage2_rsft", "2b RSFT", r"loss", "SFT loss"),
+    ("stage2_lcrl", "2c LCRL", r"rewards/ThinkLengthPenalty\w*/mean", "length penalty"),
+    ("stage2_lcrl", "2c LCRL", r"completions/mean_length", "completion tokens"),
+    ("stage3_realtime", "3 real time", r"rewards/StageClassification/mean", "stage reward"),
+)
+
+
+def _thirds(values: Sequence[float]) -> tuple[float, float]:
+    k = max(1, len(values) // 3)
+    return float(np.mean(values[:k])), float(np.mean(values[-k:]))
+
+
+def stage_moves(output_root: str | Path) -> list[dict]:
+    """Each stage's target metric over its first and last third of logged steps, and its reward spread."""
+    root = Path(output_root)
+    rows = []
+    for folder, stage, pattern, metric in STAGE_TARGETS:
+        log = root / folder / "logging.jsonl"
+        if not log.exists():
+            continue
+        records = read_logging_jsonl(log)
+        key = next((k for rec in records for k in rec if re.fullmatch(pattern, k)), None)
+        values = _numeric(records, key)[1] if key else []
+        if not values:
+            continue
+        before, after = _thirds(values)
+        spread = [r["reward_std"] > 0 for r in records if isinstance(r.get("reward_std"), (int, float))]
+        rows.append(
+            {"stage": stage, "metric": metric, "key": key, "steps": len(values), "first_third": before,
+             "last_third": after, "steps_with_reward_spread": float(np.mean(spread)) if spread else None}
+        )  # fmt: skip
+    return rows
+
+
+def moves_table(rows: Sequence[dict]) -> str:
+    lines = ["| stage | metric (from the training log) | first third | last third | steps | reward std > 0 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        spread = "–" if r["steps_with_reward_spread"] is None else f"{100 * r['steps_with_reward_spread']:.0f} %"
+        lines.append(
+            f"| {r['stage']} | {r['metric']} | {r['first_third']:.3f} | {r['last_third']:.3f} | {r['steps']} "
+            f"| {spread} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m safe_qaq.plots", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     curves = sub.add_parser("curves", help="plot ms-swift training curves from logging.jsonl")
     curves.add_argument("run_dir", help="run output directory (or a logging.jsonl file)")
     curves.add_argument("--out", help="PNG path (default: curves.png beside each logging.jsonl)")
+    moves = sub.add_parser("moves", help="each stage's target metric, first vs last third of its steps")
+    moves.add_argument("output_root", help="the stage scripts' OUTPUT_ROOT")
     args = parser.parse_args(argv)
+    if args.command == "moves":
+        rows = stage_moves(args.output_root)
+        if not rows:
+            print(f"error: no stage training logs under {args.output_root}", file=sys.stderr)
+            return 1
+        print(moves_table(rows))
+        return 0
     try:
         paths = plot_run(args.run_dir, args.out)
     except (FileNotFoundError, ValueError) as exc:

@@ -26,6 +26,7 @@ completions at all is an error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -79,6 +80,26 @@ class Report:
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
         rows = [self.tasks[task].row(task) for task in sorted(self.tasks)] + [total.row("all")]
         return "\n".join([header, *rows])
+
+    def stats(self) -> dict[str, Any]:
+        """The table as numbers (``--stats``): prompts, kept, unsolved and mean think lengths, in all and per task."""
+
+        def numbers(t: TaskStats) -> dict[str, Any]:
+            return {
+                "prompts": t.prompts,
+                "kept": t.solved,
+                "unsolved": t.prompts - t.solved,
+                "correct_completions": t.correct,
+                "completions": t.completions,
+                "think_mean_all": t.think_all / t.completions if t.completions else None,
+                "think_mean_kept": t.think_kept / t.solved if t.solved else None,
+            }
+
+        total = TaskStats()
+        for stats in self.tasks.values():
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+        return {**numbers(total), "tasks": {task: numbers(self.tasks[task]) for task in sorted(self.tasks)}}
 
 
 def _key(record: dict[str, Any]) -> tuple[Any, Any]:
@@ -221,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--n", type=int, help="completions every prompt must have (default: each input's N from its .meta.json)"
     )
+    parser.add_argument("--stats", help="also write the table's numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 1:
         parser.error("--n must be >= 1")
@@ -245,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         print_error(os_error_message(exc))
         return 2
     print(report.table())
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(report.stats(), indent=1) + "\n", encoding="utf-8")
     rate = report.lines / report.seconds if report.seconds else float("inf")
     print(f"{report.lines} completions in {report.seconds:.1f} s ({rate:,.0f}/s); peak RSS {peak_rss_mb():.0f} MB")
     print(f"kept -> {args.output}\nunsolved -> {args.unsolved}")

@@ -3,7 +3,8 @@
 # Every value is an environment variable with a default; set it before calling a stage script:
 #   MODEL=/models/Qwen2-Audio-7B-Instruct NPROC_PER_NODE=3 bash run_swift_grpo_stage1.sh
 # PROFILE=paper (default) is the published recipe on a GPU node (LoRA r32, vLLM rollouts, ZeRO-2);
-# PROFILE=smoke runs every stage on CPU with the tiny local model, bundled data and a few steps.
+# PROFILE=smoke (`make demo`) runs every stage on CPU from the warm-started tiny model on the bundled calls, a few
+# steps each; PROFILE=toy (`make toy`) is the CPU learning run on the toy calls (README, "The toy reproduction").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,10 +18,60 @@ TEMPLATE="${TEMPLATE:-qwen2_audio_expanded}"
 TEMPLATE_PLUGIN="$ROOT/safe_qaq/qwen2_audio_template.py"
 REWARD_PLUGIN="$ROOT/rewards.py"
 
+# --- profiles: what a profile changes from the recipe below; a variable set in the environment always wins -----
+# The warm-started tiny base (`make model`, safe_qaq/warm_start.py): the CPU profiles start from it.
+WARM_MODEL="$ROOT/models/tiny-qwen2-audio-warm"
+case "$PROFILE" in
+    paper)
+        : "${MODEL:=Qwen/Qwen2-Audio-7B-Instruct}"
+        # The recipe's 3 (per device) x 3 (GPUs) x 8 (grad-acc) = 72 completions = 8 groups of 9.
+        : "${NPROC_PER_NODE:=3}" "${DTYPE:=bfloat16}" "${USE_VLLM:=true}" "${DEEPSPEED:=zero2}"
+        : "${SAMPLE_BACKEND:=vllm}" "${DATALOADER_WORKERS:=4}"
+        ;;
+    smoke | toy)
+        # CPU, fp32, one process, no vLLM or DeepSpeed, from the warm base (it knows the answer formats).
+        : "${MODEL:=$WARM_MODEL}" "${DTYPE:=float32}" "${USE_VLLM:=false}" "${DEEPSPEED=}"
+        : "${SAMPLE_BACKEND:=pt}" "${DATALOADER_WORKERS:=0}"
+        if [ "$PROFILE" = "smoke" ]; then
+            # The demo: a few steps of 2 prompts per stage, 8 prompts sampled. Half the toy's GRPO rate: at 1e-3 two
+            # prompts a step are noisy enough to break the final model's answer JSON on the bundled calls.
+            : "${GRAD_ACC:=2}" "${MAX_STEPS:=6}" "${SAMPLE_LIMIT:=8}" "${GRPO_LR:=5e-4}"
+        else
+            # The toy: 4 prompts a step; scripts/toy.sh sets each stage's MAX_STEPS.
+            : "${GRAD_ACC:=4}" "${DATA_DIR:=$ROOT/data/toy/prepared}" "${OUTPUT_ROOT:=$ROOT/outputs/toy}"
+        fi
+        # Full fine-tuning of the language model: LoRA at any rate tried either did not move the 0.2 M-parameter
+        # model or collapsed it; full tuning at lr 1e-3 stays stable (KL <= 0.05).
+        : "${TUNER:=full}" "${GRPO_LR:=1e-3}" "${RSFT_LR:=5e-4}"
+        # Completions think through up to four checklist items before the answer: at most ~80 tokens.
+        : "${MAX_COMPLETION_LENGTH:=96}" "${MAX_LENGTH:=4096}" "${LOGGING_STEPS:=1}" "${SAVE_STEPS:=1000}"
+        # G = 4 and temperature 1.0: enough spread within a group for a non-zero advantage on a tiny model.
+        : "${NUM_GENERATIONS:=4}" "${GRPO_BATCH:=4}" "${TEMPERATURE:=1.0}" "${RSFT_BATCH:=4}" "${RSFT_GRAD_ACC:=4}"
+        : "${SAMPLE_N:=8}"
+        # The warm base has had SFT, so stage 1 goes without the think-length bonus (the recipe's rule); the toy's
+        # thinking is 14-34 estimated tokens, far under S = 200, so LCRL takes the toy-sized penalty (S = 16).
+        : "${STAGE1_REWARDS:=adaptive_classification prompt_format}"
+        : "${LCRL_REWARDS:=adaptive_classification prompt_format think_length_penalty_toy}"
+        ;;
+    *)
+        echo "PROFILE must be 'paper', 'smoke' or 'toy', got '$PROFILE'" >&2
+        exit 2
+        ;;
+esac
+MAX_STEPS="${MAX_STEPS:-}"
+SAMPLE_LIMIT="${SAMPLE_LIMIT:-}"
 DATA_DIR="${DATA_DIR:-$ROOT/data/prepared}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-$ROOT/outputs}"
 
 # --- the recipe (docs/method.md#training-recipe) --------------------------------------------
+# Rewards of each GRPO stage (docs/method.md#rewards): stage 1 adds the think-length bonus because the recipe's
+# base model has had no SFT; LCRL adds the length penalty; stage 3 the conversation-stage reward.
+STAGE1_REWARDS="${STAGE1_REWARDS:-adaptive_classification prompt_format think_length_reward_300}"
+LCRL_REWARDS="${LCRL_REWARDS:-adaptive_classification prompt_format think_length_penalty_200}"
+REALTIME_REWARDS="${REALTIME_REWARDS:-adaptive_classification prompt_format stage_classification}"
+# lora: LoRA on the language model, merged after each stage; full: every language-model weight trains and the
+# checkpoint is itself the next stage's model.
+TUNER="${TUNER:-lora}"
 LORA_RANK="${LORA_RANK:-32}"
 LORA_ALPHA="${LORA_ALPHA:-64}"
 TARGET_MODULES="${TARGET_MODULES:-q_proj v_proj}"
@@ -61,32 +112,6 @@ if [ -z "$MAX_AUDIOS_PER_ROW" ]; then
     exit 2
 fi
 
-if [ "$PROFILE" = "smoke" ]; then
-    MODEL="${MODEL:-$ROOT/models/tiny-qwen2-audio}"
-    DTYPE="${DTYPE:-float32}"
-    USE_VLLM="${USE_VLLM:-false}"
-    DEEPSPEED="${DEEPSPEED:-}"
-    MAX_STEPS="${MAX_STEPS:-2}"
-    NUM_GENERATIONS=2 GRPO_BATCH=2 GRAD_ACC=1 RSFT_BATCH=2 RSFT_GRAD_ACC=1
-    MAX_COMPLETION_LENGTH=32 SAMPLE_N=4 SAVE_STEPS=1 LOGGING_STEPS=1
-    SAMPLE_LIMIT="${SAMPLE_LIMIT:-6}"
-    SAMPLE_BACKEND="${SAMPLE_BACKEND:-pt}"
-    DATALOADER_WORKERS="${DATALOADER_WORKERS:-0}"
-elif [ "$PROFILE" = "paper" ]; then
-    MODEL="${MODEL:-Qwen/Qwen2-Audio-7B-Instruct}"
-    # The recipe's 3 (per device) x 3 (GPUs) x 8 (grad-acc) = 72 completions = 8 groups of 9.
-    NPROC_PER_NODE="${NPROC_PER_NODE:-3}"
-    DTYPE="${DTYPE:-bfloat16}"
-    USE_VLLM="${USE_VLLM:-true}"
-    DEEPSPEED="${DEEPSPEED:-zero2}"
-    MAX_STEPS="${MAX_STEPS:-}"
-    SAMPLE_LIMIT="${SAMPLE_LIMIT:-}"
-    SAMPLE_BACKEND="${SAMPLE_BACKEND:-vllm}"
-    DATALOADER_WORKERS="${DATALOADER_WORKERS:-4}"
-else
-    echo "PROFILE must be 'paper' or 'smoke', got '$PROFILE'" >&2
-    exit 2
-fi
 # ms-swift reads these itself to launch torchrun (multi-GPU, multi-node); export what is set.
 for var in NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT CUDA_VISIBLE_DEVICES; do
     if [ -n "${!var:-}" ]; then export "${var?}"; fi
@@ -143,10 +168,16 @@ wait_for_node0() {
 
 # --- shared argument blocks -----------------------------------------------------------------
 common_train_args() {
+    local tuner_args
+    case "$TUNER" in
+        lora) tuner_args=(--tuner_type lora --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA"
+                          --target_regex "$LORA_TARGET_REGEX") ;;
+        full) tuner_args=(--tuner_type full) ;;  # the audio tower and projector stay frozen (--freeze_vit)
+        *) echo "TUNER must be lora or full, got '$TUNER'" >&2; exit 2 ;;
+    esac
     TRAIN_ARGS=(
         --model_type qwen2_audio --template "$TEMPLATE" --check_model false
-        --torch_dtype "$DTYPE" --tuner_type lora --lora_rank "$LORA_RANK" --lora_alpha "$LORA_ALPHA"
-        --target_regex "$LORA_TARGET_REGEX" --freeze_vit true --truncation_strategy delete
+        --torch_dtype "$DTYPE" "${tuner_args[@]}" --freeze_vit true --truncation_strategy delete
         --num_train_epochs "$NUM_EPOCHS" --seed "$SEED"
         --save_steps "$SAVE_STEPS" --save_total_limit 2 --logging_steps "$LOGGING_STEPS"
         --dataloader_num_workers "$DATALOADER_WORKERS" --add_version false --report_to tensorboard
@@ -228,14 +259,22 @@ run_sft() {
     dataset="$(within_budget "$model" "$dataset" "$output" 0)"
     common_train_args
     echo ">>> SFT: $model + $dataset -> $output"
+    # Loss on the last assistant turn only: the earlier turns of a round-2/3 row are the carried answers of
+    # rounds 1-2, made from gold labels by `prepare`, not kept samples (ms-swift's default trains on every turn).
     "$SWIFT" sft --model "$model" --dataset "$dataset" --output_dir "$output" \
-        --external_plugins "$TEMPLATE_PLUGIN" --max_length "$MAX_LENGTH" \
+        --external_plugins "$TEMPLATE_PLUGIN" --max_length "$MAX_LENGTH" --loss_scale last_round \
         --learning_rate "$RSFT_LR" --per_device_train_batch_size "$RSFT_BATCH" \
         --gradient_accumulation_steps "$RSFT_GRAD_ACC" --warmup_ratio "$WARMUP_RATIO" \
         "${TRAIN_ARGS[@]}" "$@"
 }
 
-# merge_lora RUN_DIR: folds the run's last LoRA checkpoint into RUN_DIR/merged (the next stage's model).
+# checkpoint_marker RUN_DIR: the file every finished checkpoint of the run has (LoRA adapter or full model).
+checkpoint_marker() {
+    if [ "$TUNER" = "lora" ]; then echo "$1/last-checkpoint/adapter_config.json"; else echo "$1/last-checkpoint/config.json"; fi
+}
+
+# merge_lora RUN_DIR: the run's last checkpoint as RUN_DIR/merged (the next stage's model): LoRA folded in by
+# `swift export`, a full fine-tuning checkpoint copied without its training state.
 # Node 0 only: ms-swift saves checkpoints on global rank 0 alone. The merge goes to a scratch folder that is
 # renamed when complete, so another node never loads a half-written model.
 merge_lora() {
@@ -247,17 +286,27 @@ merge_lora() {
         echo "node $NODE_RANK: training done; node 0 merges $checkpoint into $merged"
         return 0
     fi
-    check_file "$checkpoint/adapter_config.json" "the training run did not save a LoRA checkpoint"
-    echo ">>> merge: $checkpoint -> $merged"
     rm -rf "$partial"  # left by an interrupted merge; ms-swift refuses an existing output folder
-    "$SWIFT" export --adapters "$checkpoint" --merge_lora true --output_dir "$partial" \
-        --external_plugins "$TEMPLATE_PLUGIN" --template "$TEMPLATE"
+    if [ "$TUNER" = "lora" ]; then
+        check_file "$checkpoint/adapter_config.json" "the training run did not save a LoRA checkpoint"
+        echo ">>> merge: $checkpoint -> $merged"
+        "$SWIFT" export --adapters "$checkpoint" --merge_lora true --output_dir "$partial" \
+            --external_plugins "$TEMPLATE_PLUGIN" --template "$TEMPLATE"
+    else
+        check_file "$checkpoint/config.json" "the training run did not save a full checkpoint"
+        echo ">>> copy: $checkpoint -> $merged (full fine-tuning: the checkpoint is the model)"
+        mkdir -p "$partial"
+        # Model files only: optimizer, scheduler and trainer state (pickles among them) stay with the run.
+        find -L "$checkpoint" -maxdepth 1 -type f ! -name 'training_args.bin' ! -name 'trainer_state.json' \
+            ! -name 'optimizer.pt' ! -name 'scheduler.pt' ! -name 'rng_state*.pth' ! -name 'args.json' \
+            -exec cp {} "$partial/" \;
+    fi
     rm -rf "$merged"  # derived from the checkpoint
     mv "$partial" "$merged"
 }
 
 # require_stage RUN_DIR SCRIPT: the previous stage's merged model, waited for on nodes other than 0.
 require_stage() {
-    wait_for_node0 "$(merged_dir "$1")/config.json" "$1/last-checkpoint/adapter_config.json"
+    wait_for_node0 "$(merged_dir "$1")/config.json" "$(checkpoint_marker "$1")"
     check_file "$(merged_dir "$1")/config.json" "run the previous stage ($2) first"
 }

@@ -24,6 +24,20 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def warm_model(tmp_path_factory) -> Path:
+    """A quickly warm-started tiny model (few steps, few toy calls): the CPU profiles' starting point, for
+    tests of the machinery. `make model` builds the real one, which takes minutes."""
+    from safe_qaq import warm_start
+
+    folder = tmp_path_factory.mktemp("warm")
+    out = folder / "tiny-qwen2-audio-warm"
+    argv = ["--out", str(out), "--base", str(folder / "base"), "--toy-dir", str(folder / "toy"),
+            "--warmup-calls", "40", "--rl-calls", "0", "--steps", "30"]  # fmt: skip
+    assert warm_start.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """The bundled calls through the real data pipeline (train/test split and all), once per session."""
     from safe_qaq import prepare

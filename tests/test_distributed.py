@@ -1,9 +1,9 @@
 """The distributed launch and serving, run for real on CPU with the tiny model (slow).
 
-One chain through the real stage scripts (PROFILE=smoke, one step per stage): stage-1 GRPO on two processes,
-rejection sampling in two shards, the filter, then RSFT as a two-"node" run on localhost (two launches,
-NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true). Then the RSFT model is
-served with `swift deploy` and asked through the OpenAI-compatible backend.
+One chain through the real stage scripts (PROFILE=smoke with the recipe's LoRA tuner, one step per stage):
+stage-1 GRPO on two processes, rejection sampling in two shards, the filter, then RSFT as a two-"node" run on
+localhost (two launches, NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true).
+Then the RSFT model is served with `swift deploy` and asked through the OpenAI-compatible backend.
 """
 
 from __future__ import annotations
@@ -35,6 +35,18 @@ def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> di
         DATA_DIR=str(prepared),
         OUTPUT_ROOT=str(root / "outputs"),
         MAX_STEPS="1",
+        # The recipe's tuner and stage-1 rewards (LoRA on the language model, merged on node 0; the CPU profiles
+        # default to full tuning from the warm base), at the smallest sizes: a random model, 2 x 2 completions.
+        TUNER="lora",
+        STAGE1_REWARDS="adaptive_classification prompt_format think_length_reward_300",
+        NUM_GENERATIONS="2",
+        GRPO_BATCH="2",
+        GRAD_ACC="1",
+        RSFT_BATCH="2",
+        RSFT_GRAD_ACC="1",
+        MAX_COMPLETION_LENGTH="32",
+        SAMPLE_N="4",
+        SAVE_STEPS="1",
         ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",

@@ -1,36 +1,47 @@
-"""End to end: `make demo`'s chain (reduced) runs every stage on CPU and each leaves its output."""
+"""End to end: `make demo`'s chain (reduced) runs every stage on CPU, each stage starts from the previous
+stage's model, leaves its output, and changes the weights it trains."""
 
 import json
 import re
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT, run_cli
 
-STAGE_SCRIPTS = {
-    "stage1_grpo": "run_swift_grpo_stage1.sh",
-    "stage2_lcrl": "run_swift_grpo_stage2_LCRL.sh",
-    "stage3_realtime": "run_swift_grpo_stage3.sh",
+STAGES = ("stage1_grpo", "stage2_rsft", "stage2_lcrl", "stage3_realtime")
+GRPO_REWARD_SETS = {
+    "stage1_grpo": "STAGE1_REWARDS",
+    "stage2_lcrl": "LCRL_REWARDS",
+    "stage3_realtime": "REALTIME_REWARDS",
 }
 
 
-def default_reward_names(script: str) -> list[str]:
-    match = re.search(r'REWARD_FUNCS="\$\{REWARD_FUNCS:-([\w ]+)\}"', (ROOT / script).read_text())
-    assert match, f"{script} sets no default REWARD_FUNCS"
-    return match.group(1).split()
+def smoke_reward_names(variable: str) -> list[str]:
+    """A GRPO stage's reward set under PROFILE=smoke: the profile's (:=) value, else the recipe's (:-)."""
+    text = (ROOT / "scripts" / "common.sh").read_text()
+    profile = re.search(rf"\$\{{{variable}:=([\w ]+)\}}", text)
+    recipe = re.search(rf"\$\{{{variable}:-([\w ]+)\}}", text)
+    assert recipe, f"common.sh sets no {variable}"
+    return (profile or recipe).group(1).split()
+
+
+def weights(directory):
+    return load_file(str(directory / "model.safetensors"))
 
 
 @pytest.mark.slow
-def test_demo_chain_runs_every_stage(tmp_path, tiny_model):
+def test_demo_chain_runs_every_stage(tmp_path, warm_model):
     from rewards import REWARDS
 
     out = tmp_path / "outputs"
     env = {
         "OUTPUT_ROOT": str(out),
         "DATA_DIR": str(tmp_path / "prepared"),
-        "MODEL": str(tiny_model),
-        "MAX_STEPS": "1",
+        "MODEL": str(warm_model),
+        "MAX_STEPS": "2",
         "SAMPLE_LIMIT": "2",
         "EVAL_LIMIT": "3",
         "LIVE_LIMIT": "1",
@@ -38,41 +49,51 @@ def test_demo_chain_runs_every_stage(tmp_path, tiny_model):
     result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=tmp_path, timeout=900, env=env)
     print(result.stdout)
 
-    # every training stage saved a LoRA checkpoint and a merged model for the next stage
-    for stage in ("stage1_grpo", "stage2_rsft", "stage2_lcrl", "stage3_realtime"):
-        assert (out / stage / "last-checkpoint" / "adapter_config.json").exists(), stage
+    # every training stage saved a checkpoint and the model the next stage starts from
+    for stage in STAGES:
+        assert (out / stage / "last-checkpoint" / "config.json").exists(), stage
         assert (out / stage / "merged" / "model.safetensors").exists(), stage
-    # each stage started from the previous one's merged model, not from the base model
-    chain = {
+        assert not (out / stage / "merged" / "training_args.bin").exists(), stage  # no trainer state (a pickle)
+    start = {
+        "stage1_grpo": warm_model,
         "stage2_rsft": out / "stage1_grpo" / "merged",
         "stage2_lcrl": out / "stage2_rsft" / "merged",
         "stage3_realtime": out / "stage2_lcrl" / "merged",
     }
-    for stage, parent in chain.items():
+    for stage, parent in start.items():
         args = json.loads((out / stage / "args.json").read_text())
         assert args["model"] == str(parent), stage
+        # each stage moved the language model's weights and left the frozen audio tower as it found it
+        before, after = weights(parent), weights(out / stage / "merged")
+        moved = [n for n in before if not torch.equal(before[n], after[n])]
+        assert any(n.startswith("language_model.") for n in moved), stage
+        assert not any(n.startswith("audio_tower.") for n in moved), stage
 
-    # the GRPO logs carry one column per reward the stage used
-    for stage, script in STAGE_SCRIPTS.items():
+    # the GRPO logs carry one column per reward of the stage's set
+    for stage, variable in GRPO_REWARD_SETS.items():
         logged = read_jsonl(out / stage / "logging.jsonl")
         keys = set().union(*logged)
-        for name in default_reward_names(script):
+        for name in smoke_reward_names(variable):
             assert f"rewards/{REWARDS[name].__name__}/mean" in keys, (stage, name)
 
-    # rejection sampling: exactly n completions per prompt, then the filter's two files
+    # rejection sampling: exactly n completions per prompt, then the filter's two files and its numbers
     samples = read_jsonl(out / "stage2_samples" / "samples.shard0.jsonl")
     per_prompt = {}
     for record in samples:
         per_prompt.setdefault(record["prompt_index"], set()).add(record["sample_index"])
-    assert len(per_prompt) == 2 and all(indices == set(range(4)) for indices in per_prompt.values())
-    kept = out / "stage2_samples" / "rsft.jsonl"
-    unsolved = out / "stage2_samples" / "unsolved.jsonl"
-    assert kept.exists() and unsolved.exists()
-    assert len(read_jsonl(kept)) + len(read_jsonl(unsolved)) == 2
+    assert len(per_prompt) == 2 and all(indices == set(range(8)) for indices in per_prompt.values())
+    kept = read_jsonl(out / "stage2_samples" / "rsft.jsonl")
+    unsolved = read_jsonl(out / "stage2_samples" / "unsolved.jsonl")
+    assert len(kept) + len(unsolved) == 2
+    stats = json.loads((out / "stage2_samples" / "process_stats.json").read_text())
+    assert (stats["prompts"], stats["kept"]) == (2, len(kept))
 
-    # evaluation of the final model, with the transcript floor beside it
+    # evaluation of the final model with the transcript floor beside it; per-stage moves and curves
     metrics = (out / "eval" / "metrics.md").read_text(encoding="utf-8")
     assert "demo-final" in metrics and "floor" in metrics
-    assert (out / "live").is_dir() and (out / "stage1_curves.png").exists()
+    assert (out / "live").is_dir()
+    for stage in GRPO_REWARD_SETS:
+        assert (out / f"{stage}_curves.png").exists(), stage
+    assert "| 1 GRPO | accuracy reward |" in result.stdout and "| 3 real time | stage reward |" in result.stdout
     for step in ("1-grpo-stage1", "2a-sample", "2b-rsft", "2c-lcrl", "3-realtime", "4-evaluate"):
         assert re.search(rf"{step}\s+ok", result.stdout), step

@@ -131,3 +131,26 @@ def test_live_pngs(tmp_path):
     assert curve.read_bytes().startswith(PNG_MAGIC)
     assert NORMAL  # the colour table knows both fraud labels
     assert set(plots._LABEL_COLOURS) >= {FRAUD, NORMAL, None}
+
+
+def test_stage_moves_reads_each_stage_target_from_its_log(tmp_path):
+    from safe_qaq.jsonl import dumps
+    from safe_qaq.plots import moves_table, stage_moves
+
+    stage1 = tmp_path / "stage1_grpo"
+    stage1.mkdir()
+    pairs = [(1.0, 1.0), (1.0, 0.0), (2.0, 1.0), (2.0, 1.0), (4.0, 1.0), (4.0, 1.0)]
+    rows = [{"rewards/AdaptiveClassification/mean": v, "reward_std": s, "global_step/max_steps": f"{i}/6"}
+            for i, (v, s) in enumerate(pairs, 1)]  # fmt: skip
+    (stage1 / "logging.jsonl").write_text("".join(dumps(r) for r in rows))
+    rsft = tmp_path / "stage2_rsft"
+    rsft.mkdir()
+    losses = [{"loss": v, "global_step/max_steps": f"{i}/3"} for i, v in enumerate((3.0, 2.0, 1.0), 1)]
+    (rsft / "logging.jsonl").write_text("".join(dumps(r) for r in losses))
+    moves = stage_moves(tmp_path)
+    got = [(m["stage"], m["first_third"], m["last_third"]) for m in moves]
+    assert got == [("1 GRPO", 1.0, 4.0), ("2b RSFT", 3.0, 1.0)]
+    assert moves[0]["steps_with_reward_spread"] == 5 / 6 and moves[1]["steps_with_reward_spread"] is None
+    table = moves_table(moves)
+    assert "| 1 GRPO | accuracy reward | 1.000 | 4.000 | 6 | 83 % |" in table
+    assert "| 2b RSFT | SFT loss | 3.000 | 1.000 | 3 | – |" in table

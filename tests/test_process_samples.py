@@ -268,9 +268,12 @@ def test_per_task_stats_table_is_printed(tmp_path, capsys):
         + group(fraud_missed, 1, ["nothing", answer("fraud", False)])
         + group(scene, 2, [answer("scene", "外卖服务", "诈骗" * 4)])
     )
-    code, _, _ = run(tmp_path, lines)
+    code, _, _ = run(tmp_path, lines, "--stats", str(tmp_path / "stats.json"))
     out = capsys.readouterr().out
     assert code == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert (stats["prompts"], stats["kept"], stats["unsolved"], stats["completions"]) == (3, 2, 1, 5)
+    assert stats["tasks"]["fraud"]["think_mean_kept"] == 20.0 and stats["tasks"]["scene"]["kept"] == 1
     # | task | prompts | kept | unsolved | correct/completions | mean think t (all) | mean think t (kept) |
     assert "| task | prompts | kept | unsolved |" in out
     assert "| fraud | 2 | 1 | 1 | 1/4 | 20.5 | 20.0 |" in out  # think t: 20, 60, 0 (none), 2

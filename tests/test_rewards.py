@@ -57,10 +57,11 @@ EXPECTED_NAMES = {
     "think_length_penalty_300",
     "think_length_penalty_500",
 }
+TOY_NAMES = {"think_length_penalty_toy"}  # CPU toy runs only, documented as such
 
 
-def test_registry_has_exactly_the_recipe_names():
-    assert set(REWARDS) == EXPECTED_NAMES
+def test_registry_has_exactly_the_recipe_names_and_the_toy_penalty():
+    assert set(REWARDS) == EXPECTED_NAMES | TOY_NAMES
     assert len({cls.__name__ for cls in REWARDS.values()}) == len(REWARDS)  # distinct log columns
 
 
@@ -82,7 +83,7 @@ def test_plugin_loads_through_ms_swift_external_plugin_loader():
         for name in EXPECTED_NAMES:
             orms.pop(name, None)
         module = import_external_file(str(ROOT / "rewards.py"))
-        assert module.REWARDS.keys() == EXPECTED_NAMES
+        assert module.REWARDS.keys() == EXPECTED_NAMES | TOY_NAMES
         for name in EXPECTED_NAMES:
             func = orms[name](args=None)
             assert func([answer(FRAUD_OK)], answers=["fraud"], conversation_stage=["complete"])
@@ -91,26 +92,49 @@ def test_plugin_loads_through_ms_swift_external_plugin_loader():
         orms.update(saved)
 
 
+COMMON_SH = ROOT / "scripts" / "common.sh"
+
+
 def _script_reward_names():
     names = {}
-    for script in sorted(ROOT.glob("*.sh")):
+    for script in [*sorted(ROOT.glob("*.sh")), ROOT / "scripts" / "common.sh"]:
         text = script.read_text()
         for match in re.finditer(r"--reward_funcs\s+((?:[\w$\"{}-]+\s*)+)", text):
             names[script.name] = match.group(1).split()
         for match in re.finditer(r"REWARD_FUNCS[\w]*=\"?\$\{\w+:-([\w ]+)\}\"?", text):
+            names.setdefault(script.name, []).extend(match.group(1).split())
+        # common.sh: each stage's reward set, as the recipe's default (:-) or a profile's (:=)
+        for match in re.finditer(r"\$\{\w+_REWARDS:[-=]([\w ]+)\}", text):
             names.setdefault(script.name, []).extend(match.group(1).split())
     return names
 
 
 def test_every_stage_script_reward_name_is_registered():
     found = _script_reward_names()
-    grpo_scripts = {"run_swift_grpo_stage1.sh", "run_swift_grpo_stage2_LCRL.sh", "run_swift_grpo_stage3.sh"}
-    assert grpo_scripts <= set(found), f"reward names not found in {grpo_scripts - set(found)}"
+    # The stage scripts take their reward sets from common.sh, where the recipe's and each profile's are spelled.
+    for script, variable in (
+        ("run_swift_grpo_stage1.sh", "STAGE1_REWARDS"),
+        ("run_swift_grpo_stage2_LCRL.sh", "LCRL_REWARDS"),
+        ("run_swift_grpo_stage3.sh", "REALTIME_REWARDS"),
+    ):
+        assert f'REWARD_FUNCS="${{REWARD_FUNCS:-${variable}}}"' in (ROOT / script).read_text(), script
+        assert re.search(rf"^{variable}=\"\$\{{{variable}:-[\w ]+\}}\"$", COMMON_SH.read_text(), re.M), variable
+    assert len(found["common.sh"]) >= 9
     for script, names in found.items():
         literal = [n for n in names if not n.startswith(("$", '"$'))]
         assert literal, f"{script}: no literal reward names"
         for name in literal:
             assert name in REWARDS, f"{script} asks for unregistered reward {name!r}"
+
+
+def test_recipe_reward_sets_are_the_published_ones():
+    text = COMMON_SH.read_text()
+    recipe = {m.group(1): m.group(2).split() for m in re.finditer(r'^(\w+_REWARDS)="\$\{\w+:-([\w ]+)\}"$', text, re.M)}
+    assert recipe == {
+        "STAGE1_REWARDS": ["adaptive_classification", "prompt_format", "think_length_reward_300"],
+        "LCRL_REWARDS": ["adaptive_classification", "prompt_format", "think_length_penalty_200"],
+        "REALTIME_REWARDS": ["adaptive_classification", "prompt_format", "stage_classification"],
+    }
 
 
 # --- prompt_format ------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""ms-swift plugin: ``--loss_scale last_round+safe_qaq_reason`` weights the answer's conclusion.
+
+Why: in an answer of ~28 tokens only the conclusion (the reason sentence that names the label,
+closing the think) depends on the audio; the rest is format, learned in a few dozen steps.
+With every token weighted alike, the label's share of the gradient is ~1/10 and the tiny warm
+base learns the format long before it learns to listen.  Weighting the reason sentence by
+:data:`REASON_WEIGHT` gives the label its share back.  Only the toy warm start uses it; the
+recipe's RSFT keeps ms-swift's ``last_round`` weighting.
+
+The reason is found with the project's one answer parser.  It is cut out of the think only at
+boundaries that tokenize the same whole or in parts (after ``<think>`` or a ``。``, before
+``</think>``), so training sees the tokens inference produces.
+
+Registered through ms-swift's own registry (``swift.loss_scale.mapping.loss_scale_map``) when
+ms-swift imports this file via ``--external_plugins``.
+"""
+
+from __future__ import annotations
+
+from swift.loss_scale.base import LossScale
+from swift.loss_scale.mapping import loss_scale_map
+
+from safe_qaq.answer import parse_answer
+
+NAME = "safe_qaq_reason"
+REASON_WEIGHT = 3.0
+THINK_CLOSE = "</think>"
+
+
+def reason_segments(response: str, weight: float = REASON_WEIGHT) -> tuple[list[str], list[float]]:
+    """``response`` split into (segments, weights): the think's closing reason sentence gets ``weight``.
+
+    >>> segments, weights = reason_segments(
+    ...     '<think>先听身份。通话内容符合订餐服务的特征。</think><answer>{"scene": "订餐服务", '
+    ...     '"reason": "通话内容符合订餐服务的特征。", "confidence": 1.0}</answer>')
+    >>> segments[:2], weights
+    (['<think>先听身份。', '通话内容符合订餐服务的特征。'], [1.0, 10.0, 1.0])
+
+    Anything else (no reason, or a reason not closing the think) is one segment of weight 1.
+    """
+    parsed = parse_answer(response)
+    reason = parsed.obj.get("reason") if parsed.obj else None
+    end = response.find(THINK_CLOSE)
+    if not isinstance(reason, str) or not reason or end < 0 or not response[:end].endswith(reason):
+        return [response], [1.0]
+    start = end - len(reason)
+    if not (response[:start].endswith("。") or response[:start].endswith("<think>")):
+        return [response], [1.0]
+    return [response[:start], reason, response[end:]], [1.0, weight, 1.0]
+
+
+class ReasonWeightedLossScale(LossScale):
+    """ms-swift loss scale: the response's conclusion weighted by :data:`REASON_WEIGHT`, the rest 1."""
+
+    is_binary = False
+
+    def get_loss_scale(self, context, **kwargs):
+        if not isinstance(context, str):
+            return super().get_loss_scale(context, **kwargs)
+        return reason_segments(context)
+
+
+loss_scale_map[NAME] = ReasonWeightedLossScale

@@ -1,0 +1,175 @@
+"""The learning machinery, run for real on the tiny model (slow).
+
+* training moves the trainable weights (as TRL's tests check parameters moved);
+* training and inference format a prompt the same way: SFT on four rows (one a two-chunk call)
+  to near-zero loss, then ``safe_qaq.evaluate`` reproduces the four gold answers exactly;
+* the rewards ms-swift logged for GRPO completions equal ours recomputed offline;
+* a merged model answers exactly like base + adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prompt import question_of
+from safe_qaq.jsonl import read_jsonl
+from tests.conftest import ROOT, run_cli, write_jsonl
+
+PLUGIN = str(ROOT / "safe_qaq" / "qwen2_audio_template.py")
+TEMPLATE = ["--template", "qwen2_audio_expanded", "--external_plugins", PLUGIN]
+COMMON = [
+    "--model_type", "qwen2_audio", *TEMPLATE, "--check_model", "false", "--torch_dtype", "float32",
+    "--add_version", "false", "--report_to", "none", "--dataloader_num_workers", "0", "--logging_steps", "1",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+def four_rows(prepared: Path) -> list[dict]:
+    """Four SFT rows with four different questions, the first a call sent as two audio chunks."""
+    rows = read_jsonl(prepared / "sft_train.jsonl")
+    chunked = next(r for r in rows if len(r["audios"]) == 2)
+    picked, questions = [chunked], {json.dumps(question_of(chunked["messages"]), ensure_ascii=False)}
+    for row in rows:
+        key = json.dumps(question_of(row["messages"]), ensure_ascii=False)
+        if key not in questions and len(row["audios"]) == 1:
+            picked.append(row)
+            questions.add(key)
+        if len(picked) == 4:
+            return picked
+    raise AssertionError("the bundled data should hold four SFT rows with different questions")
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def moved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    assert before.keys() == after.keys()
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_model, prepared, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The tiny model fully fine-tuned on four rows until it has memorised them."""
+    out = tmp_path_factory.mktemp("overfit")
+    rows = four_rows(prepared)
+    data = write_jsonl(out / "four.jsonl", rows)
+    run_cli(
+        ["swift", "sft", "--model", str(tiny_model), *COMMON, "--tuner_type", "full", "--dataset", str(data),
+         "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "120",
+         "--save_steps", "120", "--save_only_model", "true", "--output_dir", str(out / "run")],
+        cwd=out, timeout=900,
+    )  # fmt: skip
+    return out / "run" / "checkpoint-120", rows
+
+
+def test_sft_moves_every_trained_weight_and_reaches_near_zero_loss(overfit, tiny_model):
+    checkpoint, _ = overfit
+    log = read_jsonl(checkpoint.parent / "logging.jsonl")
+    losses = [r["loss"] for r in log if "loss" in r]
+    print(f"loss {losses[0]:.3f} -> {losses[-1]:.4f}")
+    assert losses[-1] < 0.05 < losses[0]
+    before, after = weights(tiny_model), weights(checkpoint)
+    changed = moved(before, after)
+    # Full fine-tuning with ms-swift's default freeze_vit: every language-model tensor learns, the audio tower none.
+    language_model = [n for n in before if n.startswith("language_model.")]
+    assert language_model and set(language_model) <= set(changed), set(language_model) - set(changed)
+    assert not [n for n in changed if n.startswith("audio_tower.")]
+
+
+def test_greedy_evaluation_reproduces_the_memorised_answers(overfit, tmp_path):
+    checkpoint, rows = overfit
+    data = write_jsonl(tmp_path / "questions.jsonl", rows)  # evaluate asks each row without its answer
+    out = tmp_path / "eval"
+    run_cli(
+        ["python", "-m", "safe_qaq.evaluate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
+         "--max-tokens", "96", "--batch-size", "4", "--no-floor", "--no-plots", "--quiet"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    predictions = {r["index"]: r["prediction"] for r in read_jsonl(out / "predictions.jsonl")}
+    for i, row in enumerate(rows):
+        assert predictions[i] == row["messages"][-1]["content"], (i, len(row["audios"]))
+
+
+def test_logged_grpo_rewards_equal_ours_recomputed(overfit, tmp_path):
+    """ms-swift's completions log against rewards.py on the same completions and rows."""
+    import rewards
+
+    checkpoint, rows = overfit
+    prompts = []
+    for i, row in enumerate(rows):
+        # `solution` is a column ms-swift copies into its completions log: it tells the rows apart.
+        prompts.append({**row, "messages": question_of(row["messages"]), "solution": f"row{i}"})
+    data = write_jsonl(tmp_path / "grpo.jsonl", prompts)
+    names = ["adaptive_classification", "prompt_format", "think_length_penalty_200"]
+    run_cli(
+        ["swift", "rlhf", "--rlhf_type", "grpo", "--model", str(checkpoint), *COMMON[:-2], "--logging_steps", "1",
+         "--external_plugins", str(ROOT / "safe_qaq" / "qwen2_audio_template.py"), str(ROOT / "rewards.py"),
+         "--reward_funcs", *names, "--tuner_type", "full", "--dataset", str(data), "--max_steps", "2",
+         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--num_generations", "4",
+         "--temperature", "1.0", "--max_completion_length", "64", "--learning_rate", "1e-4",
+         "--log_completions", "true", "--save_steps", "100", "--output_dir", str(tmp_path / "grpo")],
+        cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    logged = read_jsonl(tmp_path / "grpo" / "completions.jsonl")
+    by_solution = {p["solution"]: p for p in prompts}
+    checked = 0
+    for table in logged:
+        for i, completion in enumerate(table["completion"]):
+            row = by_solution[table["solution"][i]]
+            for name in names:
+                ours = rewards.REWARDS[name]()(
+                    [completion],
+                    answers=[row["answers"]],
+                    conversation_stage=[row["conversation_stage"]],
+                    task=[row["task"]],
+                )
+                theirs = table[rewards.REWARDS[name].__name__][i]
+                assert math.isclose(ours[0], theirs, abs_tol=1e-6), (name, completion, ours, theirs)
+                checked += 1
+    assert checked >= 2 * 4 * len(names)  # two steps of four completions at least, every reward
+
+
+def test_merged_model_answers_like_base_plus_adapter(overfit, tmp_path):
+    checkpoint, rows = overfit
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    run_cli(
+        ["swift", "sft", "--model", str(checkpoint), *COMMON, "--tuner_type", "lora", "--lora_rank", "8",
+         "--target_modules", "all-linear", "--dataset", str(data), "--learning_rate", "5e-3",
+         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "3",
+         "--save_steps", "3", "--output_dir", str(tmp_path / "lora")],
+        cwd=tmp_path,
+    )  # fmt: skip
+    adapter = tmp_path / "lora" / "checkpoint-3"
+    lora_b = {n: t for n, t in weights(adapter).items() if "lora_B" in n}
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b.values())  # B starts at zero: it moved
+    run_cli(
+        ["swift", "export", "--adapters", str(adapter), "--merge_lora", "true", *TEMPLATE,
+         "--output_dir", str(tmp_path / "merged")],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert moved(weights(checkpoint), weights(tmp_path / "merged"))
+    script = (
+        "import json, sys\n"
+        "from safe_qaq.engine import make_engine\n"
+        "rows = [json.loads(line) for line in open(sys.argv[1])]\n"
+        "engine = make_engine(sys.argv[2], adapters=sys.argv[3:], max_batch_size=4)\n"
+        "print(json.dumps(engine.generate(rows, temperature=0.0, max_tokens=48)))\n"
+    )
+    merged = run_cli(["python", "-c", script, str(data), str(tmp_path / "merged")], cwd=tmp_path)
+    adapted = run_cli(["python", "-c", script, str(data), str(checkpoint), str(adapter)], cwd=tmp_path)
+    merged_texts = json.loads(merged.stdout.strip().splitlines()[-1])
+    adapted_texts = json.loads(adapted.stdout.strip().splitlines()[-1])
+    assert merged_texts == adapted_texts
+    assert len(merged_texts) == 4 and all(t[0] for t in merged_texts)
