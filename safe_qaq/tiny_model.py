@@ -6,7 +6,7 @@ builder writes, offline and in seconds, a directory that ``swift sft/rlhf/infer
 --model DIR --model_type qwen2_audio`` accepts:
 
 * ``Qwen2AudioForConditionalGeneration`` with a 2-layer audio encoder and a 2-layer
-  Qwen2 text model (~0.3 M parameters), seeded;
+  Qwen2 text model (~0.16 M parameters in all), seeded;
 * a byte-level BPE tokenizer (``vocab.json`` + ``merges.txt`` + ``tokenizer.json``; transformers
   4.x rebuilds Qwen2 tokenizers from the first two) trained on the project's own prompts, with
   the special tokens the Qwen2-Audio template uses;

@@ -58,11 +58,11 @@ FRAUD_SCENES = {
     "email": ("transport", "appointment"),
 }
 
-# The toy world's acoustic cue, which a 0.2 M-parameter model picks up within minutes (the words alone take it
-# far longer): from the first phrase that shows the call's purpose on, the line carries the caller's setting --
-# a narrow band of background noise, as a street, a shop or a call centre sounds behind a voice.  A scene's
-# phrases bring in the scene's band, a fraud phrase its gang's band; before them (the greetings) the line is
-# quiet, so an early prefix reveals nothing.
+# The toy world's acoustic cue, which a 0.2 M-parameter model trained on bare labels picks up within a few
+# hundred steps (the espeak words alone it did not): from the first phrase that shows the call's purpose on, the
+# line carries the caller's setting -- a narrow band of background noise, as a street, a shop or a call centre
+# sounds behind a voice.  A scene's phrases bring in the scene's band, a fraud phrase its gang's band; before
+# them (the greetings) the line is quiet, so an early prefix reveals nothing.
 # The bands interleave on one geometric grid over the telephone band.
 _BANDS_HZ = tuple(round(400 * 8 ** (i / 14)) for i in range(15))  # 400 Hz .. 3200 Hz
 SCENE_AMBIENCE_HZ = dict(zip(sorted(SCENE_KEYS), _BANDS_HZ[1::2], strict=True))
