@@ -1,9 +1,9 @@
-"""ms-swift plugin: ``--loss_scale last_round+safe_qaq_reason`` weights the answer's conclusion.
+"""The warm start's loss weighting: ``--loss_scale last_round+safe_qaq_reason`` weights the answer's conclusion.
 
-Why: in an answer of ~28 tokens only the conclusion (the reason sentence that names the label,
-closing the think) depends on the audio; the rest is format, learned in a few dozen steps.
-With every token weighted alike, the label's share of the gradient is ~1/10 and the tiny warm
-base learns the format long before it learns to listen.  Weighting the reason sentence by
+Why: in an answer of 30-70 tokens only the conclusion (the reason sentence that names the label,
+closing the think, 2-6 tokens) depends on the audio; the rest is format, learned in a few dozen
+steps.  With every token weighted alike, the label's share of the gradient is small and the tiny
+warm base learns the format long before it learns to listen.  Weighting the reason sentence by
 :data:`REASON_WEIGHT` gives the label its share back.  Only the toy warm start uses it; the
 recipe's RSFT keeps ms-swift's ``last_round`` weighting.
 
@@ -11,18 +11,19 @@ The reason is found with the project's one answer parser.  It is cut out of the 
 boundaries that tokenize the same whole or in parts (after ``<think>`` or a ``。``, before
 ``</think>``), so training sees the tokens inference produces.
 
-Registered through ms-swift's own registry (``swift.loss_scale.mapping.loss_scale_map``) when
-ms-swift imports this file via ``--external_plugins``.
+This module is plain Python (the warm start reads its settings without importing ms-swift);
+:mod:`safe_qaq.loss_scale_plugin`, passed to ``--external_plugins``, registers it in ms-swift's
+own registry (``swift.loss_scale.mapping.loss_scale_map``).
 """
 
 from __future__ import annotations
 
-from swift.loss_scale.base import LossScale
-from swift.loss_scale.mapping import loss_scale_map
+from pathlib import Path
 
 from safe_qaq.answer import parse_answer
 
 NAME = "safe_qaq_reason"
+PLUGIN = Path(__file__).with_name("loss_scale_plugin.py")
 REASON_WEIGHT = 3.0
 THINK_CLOSE = "</think>"
 
@@ -34,7 +35,7 @@ def reason_segments(response: str, weight: float = REASON_WEIGHT) -> tuple[list[
     ...     '<think>先听身份。通话内容符合订餐服务的特征。</think><answer>{"scene": "订餐服务", '
     ...     '"reason": "通话内容符合订餐服务的特征。", "confidence": 1.0}</answer>')
     >>> segments[:2], weights
-    (['<think>先听身份。', '通话内容符合订餐服务的特征。'], [1.0, 10.0, 1.0])
+    (['<think>先听身份。', '通话内容符合订餐服务的特征。'], [1.0, 3.0, 1.0])
 
     Anything else (no reason, or a reason not closing the think) is one segment of weight 1.
     """
@@ -47,17 +48,3 @@ def reason_segments(response: str, weight: float = REASON_WEIGHT) -> tuple[list[
     if not (response[:start].endswith("。") or response[:start].endswith("<think>")):
         return [response], [1.0]
     return [response[:start], reason, response[end:]], [1.0, weight, 1.0]
-
-
-class ReasonWeightedLossScale(LossScale):
-    """ms-swift loss scale: the response's conclusion weighted by :data:`REASON_WEIGHT`, the rest 1."""
-
-    is_binary = False
-
-    def get_loss_scale(self, context, **kwargs):
-        if not isinstance(context, str):
-            return super().get_loss_scale(context, **kwargs)
-        return reason_segments(context)
-
-
-loss_scale_map[NAME] = ReasonWeightedLossScale

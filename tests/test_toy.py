@@ -167,3 +167,12 @@ def test_committed_phrase_bank_matches_the_phrase_texts():
     for key, (role, text) in toy_data.PHRASES.items():
         assert (index[key]["role"], index[key]["text"]) == (role, text), key
         assert (toy_data.PHRASE_DIR / index[key]["file"]).is_file(), key
+
+
+def test_loss_scale_docstring_examples():
+    import doctest
+
+    from safe_qaq import loss_scale
+
+    result = doctest.testmod(loss_scale)
+    assert result.failed == 0 and result.attempted > 0
