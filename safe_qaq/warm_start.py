@@ -34,17 +34,15 @@ import sys
 import time
 from pathlib import Path
 
+from safe_qaq import loss_scale
+from safe_qaq.checkpoint import copy_model_files
+
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "safe_qaq_warm.json"
-# Files of a full-tuning checkpoint that are training state, not model: not copied (and trainer
-# state files such as training_args.bin are pickles we never read).
-TRAINING_STATE = {
-    "training_args.bin", "trainer_state.json", "args.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"
-}  # fmt: skip
 
 
 def recipe(args: argparse.Namespace, rows_digest: str) -> dict:
-    from safe_qaq import loss_scale, tiny_model, toy_data
+    from safe_qaq import tiny_model, toy_data
 
     return {
         "version": 3,
@@ -62,10 +60,7 @@ def copy_model(checkpoint: Path, out: Path) -> None:
     """The checkpoint's model files into ``out``, replaced atomically (a reader never sees half a model)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for item in checkpoint.iterdir():
-        if item.is_file() and item.name not in TRAINING_STATE:
-            shutil.copy2(item, tmp / item.name)
+    copy_model_files(checkpoint, tmp)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -75,7 +70,7 @@ def copy_model(checkpoint: Path, out: Path) -> None:
 
 
 def warm_rows(prepared: Path, seed: int) -> list[dict]:
-    """The fine-tune's rows from the prepared warm-up calls: every offline row, two real-time rows per call."""
+    """The fine-tune's rows from the prepared warm-up calls: every offline row and as many real-time rows."""
     from safe_qaq import toy_data
     from safe_qaq.jsonl import read_jsonl
 
@@ -91,13 +86,11 @@ def warm_rows(prepared: Path, seed: int) -> list[dict]:
 
 def sft(args: argparse.Namespace, model: Path, data: Path, run: Path, steps: int, lr: float) -> Path:
     """One full fine-tune with ``swift sft``; returns its last checkpoint."""
-    from safe_qaq import loss_scale
-
     shutil.rmtree(run, ignore_errors=True)
     command = [
         args.swift, "sft", "--model", str(model), "--model_type", "qwen2_audio",
         "--template", "qwen2_audio_expanded", "--external_plugins",
-        str(ROOT / "safe_qaq" / "qwen2_audio_template.py"), str(ROOT / "safe_qaq" / "loss_scale.py"),
+        str(ROOT / "safe_qaq" / "qwen2_audio_template.py"), str(loss_scale.PLUGIN),
         "--check_model", "false", "--torch_dtype", "float32", "--tuner_type", "full", "--dataset", str(data),
         "--max_steps", str(steps), "--learning_rate", str(lr), "--lr_scheduler_type", "constant",
         "--warmup_ratio", "0", "--per_device_train_batch_size", str(args.batch_size),

@@ -295,11 +295,8 @@ merge_lora() {
     else
         check_file "$checkpoint/config.json" "the training run did not save a full checkpoint"
         echo ">>> copy: $checkpoint -> $merged (full fine-tuning: the checkpoint is the model)"
-        mkdir -p "$partial"
         # Model files only: optimizer, scheduler and trainer state (pickles among them) stay with the run.
-        find -L "$checkpoint" -maxdepth 1 -type f ! -name 'training_args.bin' ! -name 'trainer_state.json' \
-            ! -name 'optimizer.pt' ! -name 'scheduler.pt' ! -name 'rng_state*.pth' ! -name 'args.json' \
-            -exec cp {} "$partial/" \;
+        "$PYTHON" -m safe_qaq.checkpoint "$checkpoint" "$partial"
     fi
     rm -rf "$merged"  # derived from the checkpoint
     mv "$partial" "$merged"
