@@ -22,28 +22,15 @@ import soundfile as sf
 import prompt
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import Options, main, prepare
+from tests.test_prepare import GOOD_AUDIO, _good_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD_AUDIO = sorted((ROOT / "tests" / "fixtures" / "teleantifraud" / "audio").glob("*.wav"))
 TURNS = [{"speaker": "caller", "start": 0.2, "end": 1.5, "text": "喂"}]
 
 
 def good_rows() -> list[dict]:
-    rows = []
-    for i, path in enumerate(GOOD_AUDIO):
-        fraud = i % 2 == 1
-        rows.append(
-            {
-                "id": f"good_{i}",
-                "audio": str(path),
-                "duration": round(sf.info(str(path)).duration, 3),
-                "scene": prompt.SCENES[i],
-                "label": prompt.FRAUD if fraud else prompt.NORMAL,
-                "fraud_type": prompt.FRAUD_TYPES[i] if fraud else None,
-                "turns": TURNS,
-            }
-        )
-    return rows
+    """test_prepare's good fixture rows, each with its duration and turns (the merge checks compare them)."""
+    return [{**row, "duration": round(sf.info(row["audio"]).duration, 3), "turns": TURNS} for row in _good_rows()]
 
 
 def line(obj: dict) -> bytes:
