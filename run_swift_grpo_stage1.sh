@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Stage 1 (SAFE-RL): GRPO from the base model with accuracy + format rewards, plus the
-# think-length bonus because the base model has had no SFT (drop it when starting from one).
+# Stage 1 (SAFE-RL): GRPO from the base model with the accuracy and format rewards, plus the think-length bonus
+# because the recipe's base model has had no SFT (STAGE1_REWARDS in recipes/paper.yaml).
+#   MODEL=/models/Qwen2-Audio-7B-Instruct bash run_swift_grpo_stage1.sh [more swift rlhf arguments]
+set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
-REWARD_FUNCS="${REWARD_FUNCS:-$STAGE1_REWARDS}"
-run_grpo "$(grpo_start_model stage1)" "${STAGE1_DATASET:-$DATA_DIR/offline_train.jsonl}" "$STAGE1_DIR" \
-    "$WARMUP_RATIO" "$@"
-merge_lora "$STAGE1_DIR"
-echo "stage 1 done: $(merged_dir "$STAGE1_DIR")"
+begin_stage stage1
+run "$SWIFT" rlhf "${TRAIN[@]}" "$@"
+merge_stage stage1
+say "stage 1 done: $(run_dir stage1)/merged"

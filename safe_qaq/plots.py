@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from safe_qaq.jsonl import JsonlError, iter_lines
+from safe_qaq.trainlog import moves_table, read_log, series, stage_moves
 
 # Chinese labels (scenes, fraud types) need a CJK font; use one when the system has it,
 # otherwise matplotlib draws boxes and we fall back to the label's index in prompt.py.
@@ -139,9 +139,9 @@ def live_curve_png(live_metrics: dict, path: str | Path) -> Path:
     rows = live_metrics["by_fraction"]
     x = [r["fraction"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    series = [("decided_rate", "decided"), ("accuracy", "correct decision")]
-    series += [("fraud_recall", "fraud recall"), ("false_alarm_rate", "false-alarm rate")]
-    for key, name in series:
+    lines_ = [("decided_rate", "decided"), ("accuracy", "correct decision")]
+    lines_ += [("fraud_recall", "fraud recall"), ("false_alarm_rate", "false-alarm rate")]
+    for key, name in lines_:
         if key in rows[0]:
             ax.plot(x, [r[key] for r in rows], marker="o", label=name)
     ax.set_xlabel("fraction of the call heard")
@@ -156,44 +156,6 @@ def live_curve_png(live_metrics: dict, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------
 # Training curves
 # ---------------------------------------------------------------------------
-
-
-def read_logging_jsonl(path: str | Path) -> list[dict]:
-    """The per-step log records of an ms-swift ``logging.jsonl``.
-
-    Keeps lines that carry ``global_step/max_steps`` (every training/eval log does) and
-    adds ``step``; skips the final summary line (checkpoint paths, log history).  Lines are
-    decoded one by one (:mod:`safe_qaq.jsonl`): a last line cut short by a run that is still
-    writing, or was killed, even inside a multibyte character, is skipped; any other bad line
-    is skipped with a warning naming it.
-    """
-    records = []
-    unread: JsonlError | None = None
-    for _, rec in iter_lines(path):
-        if unread is not None:  # not the last line, so not a line still being written
-            print(f"warning: skipped {unread}", file=sys.stderr)
-            unread = None
-        if isinstance(rec, JsonlError):
-            unread = rec
-            continue
-        if "global_step/max_steps" not in rec:
-            continue
-        try:
-            rec["step"] = int(str(rec["global_step/max_steps"]).split("/")[0])
-        except ValueError:
-            continue
-        records.append(rec)
-    return records
-
-
-def _numeric(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
-    for rec in records:
-        value = rec.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            xs.append(rec["step"])
-            ys.append(float(value))
-    return xs, ys
 
 
 def curve_panels(keys: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -230,11 +192,11 @@ def curve_panels(keys: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 def curves_png(log_path: str | Path, out: str | Path) -> Path:
     """Plot every training curve of one ``logging.jsonl``."""
-    records = read_logging_jsonl(log_path)
+    records = read_log(log_path)
     if not records:
         raise ValueError(f"{log_path}: no training log records")
     keys = [k for rec in records for k in rec]
-    panels = [(t, ks) for t, ks in curve_panels(keys) if any(_numeric(records, k)[0] for k in ks)]
+    panels = [(t, ks) for t, ks in curve_panels(keys) if any(series(records, k)[0] for k in ks)]
     if not panels:
         raise ValueError(f"{log_path}: no loss, KL, reward or completion keys to plot")
     ncols = min(3, len(panels))
@@ -242,11 +204,11 @@ def curves_png(log_path: str | Path, out: str | Path) -> Path:
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False)
     for ax, (title, members) in zip(axes.flat, panels, strict=False):
         for key in members:
-            xs, ys = _numeric(records, key)
+            xs, ys = series(records, key)
             ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=key)
             std_key = key.removesuffix("/mean") + "/std" if key.endswith("/mean") else None
             if std_key:
-                sx, sd = _numeric(records, std_key)
+                sx, sd = series(records, std_key)
                 if sx == xs:
                     lo = np.asarray(ys) - np.asarray(sd)
                     hi = np.asarray(ys) + np.asarray(sd)
@@ -274,66 +236,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     return [curves_png(log, out if out is not None else log.parent / "curves.png") for log in logs]
 
 
-# ---------------------------------------------------------------------------
-# What each stage moved (the demo's before/after)
-# ---------------------------------------------------------------------------
-
-#: Per stage folder: the logged metric that stage targets (a key, or a regex over the log's keys).
-STAGE_TARGETS = (
-    ("stage1_grpo", "1 GRPO", r"rewards/AdaptiveClassification/mean", "accuracy reward"),
-    ("stage2_rsft", "2b RSFT", r"loss", "SFT loss"),
-    ("stage2_lcrl", "2c LCRL", r"rewards/ThinkLengthPenalty\w*/mean", "length penalty"),
-    ("stage2_lcrl", "2c LCRL", r"completions/mean_length", "completion tokens"),
-    ("stage3_realtime", "3 real time", r"rewards/StageClassification/mean", "stage reward"),
-)
-
-
-def _thirds(values: Sequence[float]) -> tuple[float, float]:
-    k = max(1, len(values) // 3)
-    return float(np.mean(values[:k])), float(np.mean(values[-k:]))
-
-
-def stage_moves(output_root: str | Path) -> list[dict]:
-    """Each stage's target metric over its first and last third of logged steps, and its reward spread."""
-    root = Path(output_root)
-    rows = []
-    for folder, stage, pattern, metric in STAGE_TARGETS:
-        log = root / folder / "logging.jsonl"
-        if not log.exists():
-            continue
-        records = read_logging_jsonl(log)
-        key = next((k for rec in records for k in rec if re.fullmatch(pattern, k)), None)
-        values = _numeric(records, key)[1] if key else []
-        if not values:
-            continue
-        before, after = _thirds(values)
-        spread = [r["reward_std"] > 0 for r in records if isinstance(r.get("reward_std"), (int, float))]
-        rows.append(
-            {"stage": stage, "metric": metric, "key": key, "steps": len(values), "first_third": before,
-             "last_third": after, "steps_with_reward_spread": float(np.mean(spread)) if spread else None}
-        )  # fmt: skip
-    return rows
-
-
-def moves_table(rows: Sequence[dict]) -> str:
-    lines = ["| stage | metric (from the training log) | first third | last third | steps | reward std > 0 |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        spread = "–" if r["steps_with_reward_spread"] is None else f"{100 * r['steps_with_reward_spread']:.0f} %"
-        lines.append(
-            f"| {r['stage']} | {r['metric']} | {r['first_third']:.3f} | {r['last_third']:.3f} | {r['steps']} "
-            f"| {spread} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m safe_qaq.plots", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     curves = sub.add_parser("curves", help="plot ms-swift training curves from logging.jsonl")
     curves.add_argument("run_dir", help="run output directory (or a logging.jsonl file)")
     curves.add_argument("--out", help="PNG path (default: curves.png beside each logging.jsonl)")
-    moves = sub.add_parser("moves", help="each stage's target metric, first vs last third of its steps")
+    moves = sub.add_parser("moves", help="each stage's target metric, first vs last part of its steps")
     moves.add_argument("output_root", help="the stage scripts' OUTPUT_ROOT")
     args = parser.parse_args(argv)
     if args.command == "moves":

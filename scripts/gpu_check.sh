@@ -32,7 +32,9 @@ export MAX_STEPS="${MAX_STEPS:-2}"
 export SAVE_STEPS="${SAVE_STEPS:-$MAX_STEPS}" LOGGING_STEPS="${LOGGING_STEPS:-1}"
 export SAMPLE_SHARDS="${SAMPLE_SHARDS:-$NPROC_PER_NODE}" SAMPLE_LIMIT="${SAMPLE_LIMIT:-4}"
 export OUTPUT_ROOT="${OUTPUT_ROOT:-$ROOT/outputs/gpu_check}"
-PYTHON="${PYTHON:-python}"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
 check="$OUTPUT_ROOT/gpu_check"
 rm -rf "$OUTPUT_ROOT"
 mkdir -p "$check"
@@ -45,7 +47,7 @@ stage() {  # stage NAME COMMAND...: run it, log it, time it, and sample GPU memo
     poller=$!
     start=$(date +%s%N)
     echo "=== $name: $*"
-    "$@" > "$check/$name.log" 2>&1 || status=$?
+    "$@" > "$check/$name.log" 2>&1 < /dev/null || status=$?
     kill "$poller" 2>/dev/null || true
     wait "$poller" 2>/dev/null || true
     printf '{"stage": "%s", "ms": %d}\n' "$name" "$(( ($(date +%s%N) - start) / 1000000 ))" >> "$check/timings.jsonl"
@@ -56,17 +58,18 @@ stage() {  # stage NAME COMMAND...: run it, log it, time it, and sample GPU memo
     fi
 }
 
-stage 1-grpo bash run_swift_grpo_stage1.sh
-stage 2a-sample bash sample.sh
-stage 2a-filter bash process_samples.sh
-if [ ! -s "$OUTPUT_ROOT/stage2_samples/rsft.jsonl" ]; then
-    # Two GRPO steps rarely make a correct answer; the timing only needs rows of the right shape.
-    export RSFT_DATASET="${DATA_DIR:-$ROOT/data/prepared}/sft_train.jsonl"
-    echo "no sample was correct after $MAX_STEPS steps: RSFT is timed on the gold rows ($RSFT_DATASET)"
-fi
-stage 2b-rsft bash run_swift_sft_stage2_RSFT.sh
-stage 2c-lcrl bash run_swift_grpo_stage2_LCRL.sh
-stage 3-realtime bash run_swift_grpo_stage3.sh
-stage 4-evaluate bash evaluate.sh --limit "${EVAL_LIMIT:-32}" --quiet
+stages="$("$PYTHON" -m safe_qaq.stages)"  # the registry: key, step, script, kind, run folder
+while read -r key step script kind run; do
+    if [ "$kind" = sft ] && [ ! -s "$OUTPUT_ROOT/stage2_samples/rsft.jsonl" ]; then
+        # Two GRPO steps rarely make a correct answer; the timing only needs rows of the right shape.
+        export RSFT_DATASET="${DATA_DIR:-$ROOT/data/prepared}/sft_train.jsonl"
+        echo "no sample was correct after $MAX_STEPS steps: RSFT is timed on the gold rows ($RSFT_DATASET)"
+    fi
+    if [ "$kind" = evaluate ]; then
+        stage "$step" bash "$script" --limit "${EVAL_LIMIT:-32}" --quiet
+    else
+        stage "$step" bash "$script"
+    fi
+done <<< "$stages"
 echo
 "$PYTHON" "$ROOT/scripts/gpu_report.py" "$OUTPUT_ROOT"

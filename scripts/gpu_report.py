@@ -25,19 +25,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# stage name in gpu_check.sh -> its run folder under OUTPUT_ROOT (training stages)
-RUNS = {
-    "1-grpo": "stage1_grpo",
-    "2b-rsft": "stage2_rsft",
-    "2c-lcrl": "stage2_lcrl",
-    "3-realtime": "stage3_realtime",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the checkout's package
+from safe_qaq.jsonl import read_jsonl as _read_jsonl  # noqa: E402
+from safe_qaq.stages import STAGES, stage  # noqa: E402
+from safe_qaq.trainlog import read_log  # noqa: E402
+
+# The step names gpu_check.sh times are the registry's (1-grpo, 2a-sample, ...).
+BY_STEP = {s.step: s for s in STAGES}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _read_jsonl(path) if path.is_file() else []
 
 
 def peak_memory_gib(path: Path) -> float | None:
@@ -53,7 +51,8 @@ def peak_memory_gib(path: Path) -> float | None:
 
 
 def training_numbers(run: Path) -> dict[str, Any]:
-    steps = [entry for entry in read_jsonl(run / "logging.jsonl") if "loss" in entry]
+    log = run / "logging.jsonl"
+    steps = [entry for entry in read_log(log) if "loss" in entry] if log.is_file() else []
     numbers: dict[str, Any] = {"steps": len(steps)}
     if not steps:
         return numbers
@@ -107,14 +106,15 @@ def report(root: Path) -> list[dict[str, Any]]:
         stage, seconds = timing["stage"], timing["ms"] / 1000
         row: dict[str, Any] = {"stage": stage, "seconds": seconds}
         row["peak_gpu_gib"] = peak_memory_gib(check / f"{stage}.memory.csv")
-        if stage in RUNS:
-            row.update(training_numbers(root / RUNS[stage]))
-        elif stage == "2a-sample":
-            texts = _field(root / "stage2_samples", "samples.shard*.jsonl", "completion")
-            row.update(generation_numbers(texts, root / "stage1_grpo" / "merged", seconds))
-        elif stage == "4-evaluate":
-            texts = _field(root / "eval", "*/predictions.jsonl", "prediction")
-            row.update(generation_numbers(texts, root / "stage2_lcrl" / "merged", seconds))
+        st = BY_STEP.get(stage)
+        if st is not None and st.trains:
+            row.update(training_numbers(root / st.run_dir))
+        elif st is not None and st.kind == "sample":
+            texts = _field(root / st.run_dir, "samples.shard*.jsonl", "completion")
+            row.update(generation_numbers(texts, root / stage(st.start).run_dir / "merged", seconds))
+        elif st is not None and st.kind == "evaluate":
+            texts = _field(root / st.run_dir, "*/predictions.jsonl", "prediction")
+            row.update(generation_numbers(texts, root / stage(st.start).run_dir / "merged", seconds))
         rows.append(row)
     return rows
 

@@ -6,7 +6,7 @@ step() {
     shift
     start=$(date +%s)
     printf '%-34s' "$name"
-    if "$@" > "$LOGS/$name.log" 2>&1; then
+    if "$@" > "$LOGS/$name.log" 2>&1 < /dev/null; then
         printf 'ok  %4ss' "$(( $(date +%s) - start ))"
         if [ -n "${STEP_SHOW_LOG:-}" ]; then printf '  (log: %s)' "$LOGS/$name.log"; fi
         printf '\n'

@@ -4,6 +4,8 @@ import itertools
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prompt
-import rewards
-from rewards import REWARDS
+from safe_qaq import rewards
+from safe_qaq.rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,84 +59,93 @@ EXPECTED_NAMES = {
     "think_length_penalty_300",
     "think_length_penalty_500",
 }
-TOY_NAMES = {"think_length_penalty_toy"}  # CPU toy runs only, documented as such
 
 
-def test_registry_has_exactly_the_recipe_names_and_the_toy_penalty():
-    assert set(REWARDS) == EXPECTED_NAMES | TOY_NAMES
+def test_registry_has_exactly_the_recipe_names():
+    assert set(REWARDS) >= EXPECTED_NAMES
+    # Anything else was registered by a test or the toy's plugin, through the factory, never as a recipe name.
+    assert all(name.startswith("think_length_penalty_") for name in set(REWARDS) - EXPECTED_NAMES)
     assert len({cls.__name__ for cls in REWARDS.values()}) == len(REWARDS)  # distinct log columns
 
 
+def test_scoring_imports_without_ms_swift():
+    code = "import sys, safe_qaq.rewards; assert not [m for m in sys.modules if m.split('.')[0] == 'swift'], 'swift'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_parametrized_reward_is_one_factory_call():
+    penalty = rewards.get_think_length_penalty(42, 3)
+    assert (penalty.name, penalty.__name__, penalty.start, penalty.cap, penalty.floor) == (
+        "think_length_penalty_42", "ThinkLengthPenalty42", 42, 3.0, -3.0
+    )
+    assert penalty()(["<think>" + "诈" * 42 + "</think>"]) == [0.0]
+    assert penalty()(["<think>" + "诈" * 1032 + "</think>"]) == [-3.0]
+    # The recipe's own names are factory products too, and registering another class under one is refused.
+    assert REWARDS["think_length_penalty_200"].start == 200 and REWARDS["think_length_reward_300"].target == 300
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register(type("Other", (rewards.PromptFormat,), {"name": "think_length_penalty_200"}))
+
+
 def test_every_name_resolves_through_swift_orms():
-    from swift.rewards import orms
+    import rewards as plugin  # the ms-swift plugin: the registry, put into orms
+    from swift.rewards import ORM, orms
 
     for name in EXPECTED_NAMES:
+        assert issubclass(orms[name], ORM) and orms[name].__name__ == REWARDS[name].__name__
         func = orms[name](args=None)
         assert isinstance(func(["x"], answers=["fraud"]), list)
+    assert plugin.REWARDS is REWARDS
 
 
 def test_plugin_loads_through_ms_swift_external_plugin_loader():
-    """What ``--external_plugins rewards.py`` does: import by file path, then build by name."""
+    """What ``--external_plugins [toy plugin] rewards.py`` does: import by file path in order, then build by name."""
     from swift.rewards import orms
     from swift.utils.utils import import_external_file
 
     saved = dict(orms)
     try:
-        for name in EXPECTED_NAMES:
+        for name in [*EXPECTED_NAMES, "think_length_penalty_16"]:
             orms.pop(name, None)
+        import_external_file(str(ROOT / "safe_qaq" / "toy" / "reward_plugin.py"))
         module = import_external_file(str(ROOT / "rewards.py"))
-        assert module.REWARDS.keys() == EXPECTED_NAMES | TOY_NAMES
+        assert set(module.REWARDS) >= EXPECTED_NAMES | {"think_length_penalty_16"}
         for name in EXPECTED_NAMES:
             func = orms[name](args=None)
             assert func([answer(FRAUD_OK)], answers=["fraud"], conversation_stage=["complete"])
+        toy = orms["think_length_penalty_16"](args=None)
+        assert round(toy(["<think>先听身份。通话中出现了典型的诈骗话术。</think>"])[0], 2) == -1.86
     finally:
         orms.clear()
         orms.update(saved)
 
 
-COMMON_SH = ROOT / "scripts" / "common.sh"
+@pytest.mark.parametrize("profile", ["paper", "smoke", "toy"])
+def test_every_reward_name_of_every_profile_is_registered(profile):
+    from swift.utils.utils import import_external_file
 
+    from safe_qaq import recipe, stages
 
-def _script_reward_names():
-    names = {}
-    for script in [*sorted(ROOT.glob("*.sh")), ROOT / "scripts" / "common.sh"]:
-        text = script.read_text()
-        for match in re.finditer(r"--reward_funcs\s+((?:[\w$\"{}-]+\s*)+)", text):
-            names[script.name] = match.group(1).split()
-        for match in re.finditer(r"REWARD_FUNCS[\w]*=\"?\$\{\w+:-([\w ]+)\}\"?", text):
-            names.setdefault(script.name, []).extend(match.group(1).split())
-        # common.sh: each stage's reward set, as the recipe's default (:-) or a profile's (:=)
-        for match in re.finditer(r"\$\{\w+_REWARDS:[-=]([\w ]+)\}", text):
-            names.setdefault(script.name, []).extend(match.group(1).split())
-    return names
-
-
-def test_every_stage_script_reward_name_is_registered():
-    found = _script_reward_names()
-    # The stage scripts take their reward sets from common.sh, where the recipe's and each profile's are spelled.
-    for script, variable in (
-        ("run_swift_grpo_stage1.sh", "STAGE1_REWARDS"),
-        ("run_swift_grpo_stage2_LCRL.sh", "LCRL_REWARDS"),
-        ("run_swift_grpo_stage3.sh", "REALTIME_REWARDS"),
-    ):
-        assert f'REWARD_FUNCS="${{REWARD_FUNCS:-${variable}}}"' in (ROOT / script).read_text(), script
-        assert re.search(rf"^{variable}=\"\$\{{{variable}:-[\w ]+\}}\"$", COMMON_SH.read_text(), re.M), variable
-    assert len(found["common.sh"]) >= 9
-    for script, names in found.items():
-        literal = [n for n in names if not n.startswith(("$", '"$'))]
-        assert literal, f"{script}: no literal reward names"
-        for name in literal:
-            assert name in REWARDS, f"{script} asks for unregistered reward {name!r}"
+    settings = recipe.load(profile, env={})
+    for plugin in settings["EXTRA_PLUGINS"]:
+        import_external_file(str(ROOT / plugin))
+    for stage in stages.GRPO:
+        names = settings.rewards(stage.key)
+        assert names and all(name in REWARDS for name in names), (profile, stage.key, names)
+        argv = recipe.train_argv(settings, stage.key)
+        given = argv[argv.index("--reward_funcs") + 1 : argv.index("--num_generations")]
+        assert given == names  # what the stage script passes is the recipe's set, unchanged
 
 
 def test_recipe_reward_sets_are_the_published_ones():
-    text = COMMON_SH.read_text()
-    recipe = {m.group(1): m.group(2).split() for m in re.finditer(r'^(\w+_REWARDS)="\$\{\w+:-([\w ]+)\}"$', text, re.M)}
-    assert recipe == {
+    from safe_qaq import recipe
+
+    paper = recipe.load("paper", env={})
+    assert {key: paper[key] for key in ("STAGE1_REWARDS", "LCRL_REWARDS", "REALTIME_REWARDS")} == {
         "STAGE1_REWARDS": ["adaptive_classification", "prompt_format", "think_length_reward_300"],
         "LCRL_REWARDS": ["adaptive_classification", "prompt_format", "think_length_penalty_200"],
         "REALTIME_REWARDS": ["adaptive_classification", "prompt_format", "stage_classification"],
     }
+    assert paper["EXTRA_PLUGINS"] == []  # the toy's penalty is never a recipe default
 
 
 # --- prompt_format ------------------------------------------------------------------------------------
