@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 # Everything except the tests that run real ms-swift training/inference.
 test-fast: $(STAMP)

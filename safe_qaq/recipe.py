@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
-from safe_qaq.stages import STAGES, Stage, stage
+from safe_qaq.stages import STAGES, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -242,7 +242,8 @@ def _common_train(s: Settings) -> list[str]:
         "--torch_dtype", s["DTYPE"], *tuner, "--freeze_vit", "true", "--truncation_strategy", "delete",
         "--num_train_epochs", str(s["NUM_EPOCHS"]), "--seed", str(s["SEED"]),
         "--save_steps", str(s["SAVE_STEPS"]), "--save_total_limit", "2", "--logging_steps", str(s["LOGGING_STEPS"]),
-        "--dataloader_num_workers", str(s["DATALOADER_WORKERS"]), "--add_version", "false", "--report_to", "tensorboard",
+        "--dataloader_num_workers", str(s["DATALOADER_WORKERS"]), "--add_version", "false",
+        "--report_to", "tensorboard",
     ]  # fmt: skip
     if s["MAX_STEPS"]:
         argv += ["--max_steps", str(s["MAX_STEPS"])]
@@ -254,7 +255,38 @@ def _common_train(s: Settings) -> list[str]:
 
 
 def _vllm_limit() -> str:
-    return '{"audio": %d}' % MAX_AUDIOS_PER_ROW
+    return f'{{"audio": {MAX_AUDIOS_PER_ROW}}}'
+
+
+def sft_argv(
+    s: Settings,
+    model: str,
+    dataset: str,
+    output: str,
+    *,
+    loss_scale: str = "last_round",
+    plugins: tuple[str, ...] = (),
+    overrides: dict[str, str] | None = None,
+) -> list[str]:
+    """The arguments after `swift sft`: RSFT's, and (with ``overrides``, ``--flag: value``) any other SFT of the
+    project -- the toy's warm start, the learning tests -- so the command is written once.
+
+    ``last_round``: loss on the last assistant turn only. The earlier turns of a round-2/3 row are the carried gold
+    answers of rounds 1-2, not kept samples (ms-swift's default trains on every turn).
+    """
+    argv = [
+        "--model", model, "--dataset", dataset, "--output_dir", output,
+        "--external_plugins", *_plugins(s, False), *plugins,
+        "--max_length", str(s["MAX_LENGTH"]), "--loss_scale", loss_scale, "--learning_rate", str(s["RSFT_LR"]),
+        "--per_device_train_batch_size", str(s["RSFT_BATCH"]), "--gradient_accumulation_steps",
+        str(s["RSFT_GRAD_ACC"]), "--warmup_ratio", str(s["WARMUP_RATIO"]), *_common_train(s),
+    ]  # fmt: skip
+    for flag, value in (overrides or {}).items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = str(value)
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def train_argv(s: Settings, key: str) -> list[str]:
@@ -262,14 +294,7 @@ def train_argv(s: Settings, key: str) -> list[str]:
     st = stage(key)
     model, dataset, output = s.start_model(key), str(budget_out(s, key)), str(s.run_dir(key))
     if st.kind == "sft":
-        # Loss on the last assistant turn only: the earlier turns of a round-2/3 row are the carried gold answers
-        # of rounds 1-2, not kept samples (ms-swift's default trains on every turn).
-        return [
-            "--model", model, "--dataset", dataset, "--output_dir", output, "--external_plugins", *_plugins(s, False),
-            "--max_length", str(s["MAX_LENGTH"]), "--loss_scale", "last_round", "--learning_rate", str(s["RSFT_LR"]),
-            "--per_device_train_batch_size", str(s["RSFT_BATCH"]), "--gradient_accumulation_steps",
-            str(s["RSFT_GRAD_ACC"]), "--warmup_ratio", str(s["WARMUP_RATIO"]), *_common_train(s),
-        ]  # fmt: skip
+        return sft_argv(s, model, dataset, output)
     if st.kind != "grpo":
         raise RecipeError(f"stage {key} does not train")
     check_generation_batch(s)
@@ -317,7 +342,8 @@ def sample_gpus(s: Settings) -> list[str]:
     shards = int(s["SAMPLE_SHARDS"])
     gpus = str(s["SAMPLE_GPUS"]).replace(",", " ").split() if s["SAMPLE_GPUS"] else [str(i) for i in range(shards)]
     if len(gpus) < shards:
-        raise RecipeError(f"SAMPLE_SHARDS={shards} needs one GPU each, SAMPLE_GPUS lists {len(gpus)} ({' '.join(gpus)})")
+        listed = " ".join(gpus)
+        raise RecipeError(f"SAMPLE_SHARDS={shards} needs one GPU each, SAMPLE_GPUS lists {len(gpus)} ({listed})")
     return gpus[:shards]
 
 

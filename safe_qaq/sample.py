@@ -51,8 +51,16 @@ from safe_qaq.jsonl import (
     read_rows,
 )
 
-# The recipe's rejection-sampling settings (the README's SAMPLE_* variables).
-DEFAULTS = Sampling(temperature=0.8, top_p=0.95, top_k=50, repetition_penalty=1.0, max_tokens=2048, seed=0)
+
+def recipe_defaults() -> Sampling:
+    """The command-line defaults: the published recipe's rejection-sampling settings (recipes/paper.yaml,
+    SAMPLE_* and the shared generation values), so running the module by hand samples as sample.sh does."""
+    from safe_qaq.recipe import load
+
+    r = load("paper", env={})
+    return Sampling(temperature=r["SAMPLE_TEMPERATURE"], top_p=r["SAMPLE_TOP_P"], top_k=r["SAMPLE_TOP_K"],
+                    repetition_penalty=r["REPETITION_PENALTY"], max_tokens=r["MAX_COMPLETION_LENGTH"],
+                    seed=r["SEED"])  # fmt: skip
 
 
 def prompt_id(row: dict[str, Any]) -> str:
@@ -130,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m safe_qaq.sample", description="N completions per prompt for rejection sampling (resumable)."
     )
-    add_engine_arguments(parser, defaults=DEFAULTS)
+    add_engine_arguments(parser, defaults=recipe_defaults())
     parser.add_argument("--input", required=True, help="prompt rows (ms-swift jsonl)")
     parser.add_argument("--output", required=True, help="completions jsonl (appended to when resuming)")
     parser.add_argument("--n", type=int, default=16, help="completions per prompt")

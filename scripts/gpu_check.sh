@@ -5,7 +5,7 @@
 #   MODEL=/models/Qwen2-Audio-7B-Instruct bash scripts/gpu_check.sh
 # It needs the prepared data (DATA_DIR, default data/prepared) and writes to OUTPUT_ROOT (outputs/gpu_check),
 # which it starts afresh. GPUs: all that nvidia-smi lists, or CUDA_VISIBLE_DEVICES. Any recipe variable
-# (README, "The recipe") may be set as usual; the ones set here are only defaults.
+# (recipes/paper.yaml, docs/recipe.md) may be set as usual; the ones set here are only defaults for this check.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

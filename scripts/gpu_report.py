@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the checkout's package
-from safe_qaq.jsonl import read_jsonl as _read_jsonl  # noqa: E402
-from safe_qaq.stages import STAGES, stage  # noqa: E402
-from safe_qaq.trainlog import read_log  # noqa: E402
+from safe_qaq.jsonl import read_jsonl as _read_jsonl
+from safe_qaq.stages import STAGES
+from safe_qaq.stages import stage as registry_stage
+from safe_qaq.trainlog import read_log
 
 # The step names gpu_check.sh times are the registry's (1-grpo, 2a-sample, ...).
 BY_STEP = {s.step: s for s in STAGES}
@@ -111,10 +112,10 @@ def report(root: Path) -> list[dict[str, Any]]:
             row.update(training_numbers(root / st.run_dir))
         elif st is not None and st.kind == "sample":
             texts = _field(root / st.run_dir, "samples.shard*.jsonl", "completion")
-            row.update(generation_numbers(texts, root / stage(st.start).run_dir / "merged", seconds))
+            row.update(generation_numbers(texts, root / registry_stage(st.start).run_dir / "merged", seconds))
         elif st is not None and st.kind == "evaluate":
             texts = _field(root / st.run_dir, "*/predictions.jsonl", "prediction")
-            row.update(generation_numbers(texts, root / stage(st.start).run_dir / "merged", seconds))
+            row.update(generation_numbers(texts, root / registry_stage(st.start).run_dir / "merged", seconds))
         rows.append(row)
     return rows
 

@@ -24,7 +24,7 @@ from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT
 from tests.recipe_support import DIST_ENV, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.recipe]
 
 
 def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> dict[str, str]:

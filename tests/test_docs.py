@@ -131,3 +131,99 @@ def test_a_wrong_worked_example_fails(no_reward_log):
     text = METHOD.read_text(encoding="utf-8")
     assert "\n-1.736\n" in text
     assert run_doc_examples(text.replace("\n-1.736\n", "\n-1.7\n", 1)).failed == 1
+
+
+# ---------------------------------------------------------------------------
+# The README is an entry point: every command in it is run somewhere, every link lands
+# ---------------------------------------------------------------------------
+
+README = REPO / "README.md"
+#: Each README command and the test (or CI) that runs it. A command added to the README without a line here fails.
+README_COMMANDS = {
+    "make demo": "tests/test_pipeline.py::test_demo_chain_runs_every_stage",  # scripts/demo.sh, reduced
+    "make test": ".ci/run",
+    "python -m safe_qaq.prepare --input": "tests/test_prepare.py::test_teleantifraud_fixture",
+    "export MODEL=": None,  # an assignment, not a command
+    "bash scripts/gpu_check.sh": "tests/test_recipe.py::test_gpu_check_runs_the_recipe_for_two_steps_on_the_gpus_it_finds",  # noqa: E501
+    "bash run_swift_grpo_stage1.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash sample.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash process_samples.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash run_swift_sft_stage2_RSFT.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash run_swift_grpo_stage2_LCRL.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash run_swift_grpo_stage3.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "bash evaluate.sh": "tests/test_recipe.py::test_every_command_is_accepted_by_ms_swift",
+    "python -m safe_qaq.recipe show": "tests/test_docs.py::test_the_readme_recipe_commands_run",
+    "DRY_RUN=1 bash": "tests/test_docs.py::test_the_readme_recipe_commands_run",
+    "GRPO_LR=1e-5 DEEPSPEED= bash": "tests/test_docs.py::test_the_readme_recipe_commands_run",
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """The command lines of the README's bash blocks (continuations joined, comments dropped)."""
+    commands, in_bash, pending = [], False, ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        if pending + line:
+            commands.append(pending + line)
+        pending = ""
+    return commands
+
+
+def test_every_readme_command_is_run_by_a_test():
+    commands = readme_commands(README.read_text(encoding="utf-8"))
+    assert len(commands) >= 10
+    for command in commands:
+        where = [w for prefix, w in README_COMMANDS.items() if command.startswith(prefix)]
+        assert where, f"README command not run by any test (add it to README_COMMANDS): {command}"
+        if where[0] and "::" in where[0]:
+            path, name = where[0].split("::")
+            assert f"def {name}(" in (REPO / path).read_text(encoding="utf-8"), where[0]
+        elif where[0]:
+            assert "make test" in (REPO / where[0]).read_text(encoding="utf-8")
+
+
+def test_the_readme_recipe_commands_run(tmp_path):
+    """The settings block of the README, run as written (the stage script under DRY_RUN: no GPU here)."""
+    import subprocess
+    import sys
+
+    commands = readme_commands(README.read_text(encoding="utf-8"))
+    block = [c for c in commands if "recipe show" in c or c.startswith(("DRY_RUN", "GRPO_LR"))]
+    assert len(block) == 3
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "NPROC_PER_NODE", "GRPO_LR", "DEEPSPEED")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", OUTPUT_ROOT=str(tmp_path))
+    for command in block:
+        run = command if command.startswith("DRY_RUN") or "recipe show" in command else f"DRY_RUN=1 {command}"
+        result = subprocess.run(["bash", "-c", run], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (command, result.stderr)
+        if "GRPO_LR" in command:
+            assert "--learning_rate 1e-05" in result.stdout and "--deepspeed" not in result.stdout
+        if "recipe show" in command:
+            assert "GRPO_LR" in result.stdout and "(paper)" in result.stdout
+    assert not any(tmp_path.iterdir())  # dry runs write nothing
+
+
+def test_every_relative_link_in_the_readme_and_docs_lands():
+    broken = []
+    for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[\w-]+)?\)", doc.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not broken, broken
+
+
+def test_the_readme_stays_an_entry_point():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    # no figure that goes stale: test counts and suite timings live nowhere in it
+    assert not re.search(r"\b\d+ (tests|passed)\b|\bmin(utes)? on 2 cores\b", text)

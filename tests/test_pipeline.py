@@ -3,29 +3,17 @@ stage's model, leaves its output, and changes the weights it trains."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from safe_qaq import recipe, stages
 from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT, run_cli
 
-STAGES = ("stage1_grpo", "stage2_rsft", "stage2_lcrl", "stage3_realtime")
-GRPO_REWARD_SETS = {
-    "stage1_grpo": "STAGE1_REWARDS",
-    "stage2_lcrl": "LCRL_REWARDS",
-    "stage3_realtime": "REALTIME_REWARDS",
-}
-
-
-def smoke_reward_names(variable: str) -> list[str]:
-    """A GRPO stage's reward set under PROFILE=smoke: the profile's (:=) value, else the recipe's (:-)."""
-    text = (ROOT / "scripts" / "common.sh").read_text()
-    profile = re.search(rf"\$\{{{variable}:=([\w ]+)\}}", text)
-    recipe = re.search(rf"\$\{{{variable}:-([\w ]+)\}}", text)
-    assert recipe, f"common.sh sets no {variable}"
-    return (profile or recipe).group(1).split()
+TRAINED = [stage.run_dir for stage in stages.TRAINING]
 
 
 def weights(directory):
@@ -34,7 +22,7 @@ def weights(directory):
 
 @pytest.mark.slow
 def test_demo_chain_runs_every_stage(tmp_path, warm_model):
-    from rewards import REWARDS
+    from safe_qaq.rewards import REWARDS
 
     out = tmp_path / "outputs"
     env = {
@@ -50,16 +38,13 @@ def test_demo_chain_runs_every_stage(tmp_path, warm_model):
     print(result.stdout)
 
     # every training stage saved a checkpoint and the model the next stage starts from
-    for stage in STAGES:
+    for stage in TRAINED:
         assert (out / stage / "last-checkpoint" / "config.json").exists(), stage
         assert (out / stage / "merged" / "model.safetensors").exists(), stage
         assert not (out / stage / "merged" / "training_args.bin").exists(), stage  # no trainer state (a pickle)
-    start = {
-        "stage1_grpo": warm_model,
-        "stage2_rsft": out / "stage1_grpo" / "merged",
-        "stage2_lcrl": out / "stage2_rsft" / "merged",
-        "stage3_realtime": out / "stage2_lcrl" / "merged",
-    }
+    smoke = recipe.load("smoke", env={"OUTPUT_ROOT": str(out), "MODEL": str(warm_model)})
+    start = {stage.run_dir: Path(smoke.start_model(stage.key)) for stage in stages.TRAINING}
+    assert start["stage1_grpo"] == warm_model and start["stage2_lcrl"] == out / "stage2_rsft" / "merged"
     for stage, parent in start.items():
         args = json.loads((out / stage / "args.json").read_text())
         assert args["model"] == str(parent), stage
@@ -70,11 +55,11 @@ def test_demo_chain_runs_every_stage(tmp_path, warm_model):
         assert not any(n.startswith("audio_tower.") for n in moved), stage
 
     # the GRPO logs carry one column per reward of the stage's set
-    for stage, variable in GRPO_REWARD_SETS.items():
-        logged = read_jsonl(out / stage / "logging.jsonl")
+    for stage in stages.GRPO:
+        logged = read_jsonl(out / stage.run_dir / "logging.jsonl")
         keys = set().union(*logged)
-        for name in smoke_reward_names(variable):
-            assert f"rewards/{REWARDS[name].__name__}/mean" in keys, (stage, name)
+        for name in smoke.rewards(stage.key):
+            assert f"rewards/{REWARDS[name].__name__}/mean" in keys, (stage.key, name)
 
     # rejection sampling: exactly n completions per prompt, then the filter's two files and its numbers
     samples = read_jsonl(out / "stage2_samples" / "samples.shard0.jsonl")
@@ -92,8 +77,9 @@ def test_demo_chain_runs_every_stage(tmp_path, warm_model):
     metrics = (out / "eval" / "metrics.md").read_text(encoding="utf-8")
     assert "demo-final" in metrics and "floor" in metrics
     assert (out / "live").is_dir()
-    for stage in GRPO_REWARD_SETS:
-        assert (out / f"{stage}_curves.png").exists(), stage
-    assert "| 1 GRPO | accuracy reward |" in result.stdout and "| 3 real time | stage reward |" in result.stdout
-    for step in ("1-grpo-stage1", "2a-sample", "2b-rsft", "2c-lcrl", "3-realtime", "4-evaluate"):
+    for stage in stages.GRPO:
+        assert (out / f"{stage.run_dir}_curves.png").exists(), stage.key
+    assert "| 1 GRPO (SAFE-RL) | accuracy reward |" in result.stdout
+    assert "| 3 real time (SAFE-Real) | stage reward |" in result.stdout
+    for step in [stage.step for stage in stages.STAGES if stage.kind != "evaluate"] + ["4-evaluate", "4-live-calls"]:
         assert re.search(rf"{step}\s+ok", result.stdout), step

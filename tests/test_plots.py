@@ -7,8 +7,9 @@ import json
 import pytest
 
 from prompt import FRAUD, FRAUD_TYPES, NORMAL
-from safe_qaq import plots
+from safe_qaq import plots, recipe
 from safe_qaq.metrics import sample_from_label, task_metrics
+from safe_qaq.trainlog import read_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,10 +47,10 @@ def grpo_log_lines(steps: int = 4) -> list[str]:
     return lines
 
 
-def test_read_logging_jsonl_skips_summary_and_truncated(tmp_path):
+def test_read_log_skips_summary_and_truncated(tmp_path):
     log = tmp_path / "logging.jsonl"
     log.write_text("\n".join(grpo_log_lines(3)) + "\n")
-    records = plots.read_logging_jsonl(log)
+    records = read_log(log)
     assert [r["step"] for r in records] == [1, 2, 3]
 
 
@@ -63,7 +64,7 @@ def test_curves_of_a_log_killed_inside_a_character_or_with_a_bad_byte(tmp_path, 
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert capsys.readouterr().err == ""  # a torn last line is a run still writing: nothing to warn about
     log.write_bytes(good.replace(b"\n", b"\xff\n", 1) + torn)  # a bad byte on line 1, not the last line
-    assert [r["step"] for r in plots.read_logging_jsonl(log)] == [2, 3]
+    assert [r["step"] for r in read_log(log)] == [2, 3]
     column = good.index(b"\n") + 1
     assert capsys.readouterr().err == f"warning: skipped {log}:1: not valid UTF-8 (byte 0xff at column {column})\n"
 
@@ -135,7 +136,7 @@ def test_live_pngs(tmp_path):
 
 def test_stage_moves_reads_each_stage_target_from_its_log(tmp_path):
     from safe_qaq.jsonl import dumps
-    from safe_qaq.plots import moves_table, stage_moves
+    from safe_qaq.trainlog import moves_table, stage_moves
 
     stage1 = tmp_path / "stage1_grpo"
     stage1.mkdir()
@@ -147,10 +148,10 @@ def test_stage_moves_reads_each_stage_target_from_its_log(tmp_path):
     rsft.mkdir()
     losses = [{"loss": v, "global_step/max_steps": f"{i}/3"} for i, v in enumerate((3.0, 2.0, 1.0), 1)]
     (rsft / "logging.jsonl").write_text("".join(dumps(r) for r in losses))
-    moves = stage_moves(tmp_path)
-    got = [(m["stage"], m["first_third"], m["last_third"]) for m in moves]
-    assert got == [("1 GRPO", 1.0, 4.0), ("2b RSFT", 3.0, 1.0)]
+    moves = stage_moves(tmp_path, recipe.load("smoke", env={}))
+    got = [(m["stage"], m["first"], m["last"]) for m in moves]
+    assert got == [("1 GRPO (SAFE-RL)", 1.0, 4.0), ("2b RSFT (SAFE-RS)", 3.0, 1.0)]
     assert moves[0]["steps_with_reward_spread"] == 5 / 6 and moves[1]["steps_with_reward_spread"] is None
     table = moves_table(moves)
-    assert "| 1 GRPO | accuracy reward | 1.000 | 4.000 | 6 | 83 % |" in table
-    assert "| 2b RSFT | SFT loss | 3.000 | 1.000 | 3 | – |" in table
+    assert "| 1 GRPO (SAFE-RL) | accuracy reward | 1.000 | 4.000 | 6 | 83 % |" in table
+    assert "| 2b RSFT (SAFE-RS) | SFT loss | 3.000 | 1.000 | 3 | – |" in table

@@ -3,7 +3,6 @@
 import itertools
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +75,11 @@ def test_scoring_imports_without_ms_swift():
 def test_a_parametrized_reward_is_one_factory_call():
     penalty = rewards.get_think_length_penalty(42, 3)
     assert (penalty.name, penalty.__name__, penalty.start, penalty.cap, penalty.floor) == (
-        "think_length_penalty_42", "ThinkLengthPenalty42", 42, 3.0, -3.0
+        "think_length_penalty_42",
+        "ThinkLengthPenalty42",
+        42,
+        3.0,
+        -3.0,
     )
     assert penalty()(["<think>" + "诈" * 42 + "</think>"]) == [0.0]
     assert penalty()(["<think>" + "诈" * 1032 + "</think>"]) == [-3.0]
@@ -87,8 +90,9 @@ def test_a_parametrized_reward_is_one_factory_call():
 
 
 def test_every_name_resolves_through_swift_orms():
-    import rewards as plugin  # the ms-swift plugin: the registry, put into orms
     from swift.rewards import ORM, orms
+
+    import rewards as plugin  # the ms-swift plugin: the registry, put into orms
 
     for name in EXPECTED_NAMES:
         assert issubclass(orms[name], ORM) and orms[name].__name__ == REWARDS[name].__name__

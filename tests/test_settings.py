@@ -43,7 +43,7 @@ def commands(stdout: str) -> list[list[str]]:
 def test_profiles_are_overlays_and_the_environment_wins():
     paper, smoke, toy = (recipe.load(p, env={}) for p in ("paper", "smoke", "toy"))
     assert (paper["TUNER"], smoke["TUNER"], toy["TUNER"]) == ("lora", "full", "full")
-    assert (paper["GRPO_LR"], smoke["GRPO_LR"], toy["GRPO_LR"]) == (3e-5, 5e-4, 1e-3)  # toy inherits smoke, then its own
+    assert (paper["GRPO_LR"], smoke["GRPO_LR"], toy["GRPO_LR"]) == (3e-5, 5e-4, 1e-3)  # toy: smoke, then its own
     assert toy.origin["TUNER"] == "smoke" and toy.origin["GRPO_LR"] == "toy" and paper.origin["TUNER"] == "paper"
     env = recipe.load("toy", env={"GRPO_LR": "2e-4", "USE_VLLM": "true", "MAX_STEPS": "7", "STAGE1_REWARDS": "a b"})
     assert (env["GRPO_LR"], env["USE_VLLM"], env["MAX_STEPS"], env["STAGE1_REWARDS"]) == (2e-4, True, 7, ["a", "b"])
@@ -77,7 +77,7 @@ def test_an_overlay_key_the_recipe_does_not_define_is_refused(tmp_path, monkeypa
         (tmp_path / f"{name}.yaml").write_text((recipe.RECIPES / f"{name}.yaml").read_text())
     (tmp_path / "smoke.yaml").write_text("GRPO_LRR: 1e-3\n")  # a typo must not be a silent no-op
     monkeypatch.setattr(recipe, "RECIPES", tmp_path)
-    with pytest.raises(recipe.RecipeError, match="smoke.yaml: GRPO_LRR is not a recipe setting"):
+    with pytest.raises(recipe.RecipeError, match=r"smoke\.yaml: GRPO_LRR is not a recipe setting"):
         recipe.load("smoke", env={})
 
 
@@ -167,7 +167,8 @@ def test_extra_arguments_reach_swift_unchanged():
 def test_fewer_gpus_than_sampler_shards_is_one_error_line():
     result = dry_run("sample.sh", SAMPLE_SHARDS="4", SAMPLE_GPUS="0 1")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["recipe: SAMPLE_SHARDS=4 needs one GPU each, SAMPLE_GPUS lists 2 (0 1)"]
+    expected = "recipe: SAMPLE_SHARDS=4 needs one GPU each, SAMPLE_GPUS lists 2 (0 1)"
+    assert result.stderr.strip().splitlines() == [expected]
     result = dry_run("sample.sh", SAMPLE_SHARDS="2", SAMPLE_GPUS="5 7")
     shards = commands(result.stdout)
     assert [c[:2] for c in shards] == [["env", "CUDA_VISIBLE_DEVICES=5"], ["env", "CUDA_VISIBLE_DEVICES=7"]]
