@@ -169,7 +169,7 @@ def test_resume_generates_only_missing_prompts(tmp_path, fake_engine, capsys):
     [
         ({"n": 4}, "n (3 -> 4)"),
         ({"extra": ["--temperature", "0.5"]}, "sampling.temperature (0.8 -> 0.5)"),
-        ({"extra": ["--seed", "7"]}, "sampling.seed (0 -> 7)"),
+        ({"extra": ["--seed", "7"]}, "sampling.seed (42 -> 7)"),
         ({"extra": ["--repetition-penalty", "1.1"]}, "sampling.repetition_penalty (1.0 -> 1.1)"),
         ({"extra": ["--adapters", "ckpt"]}, "engine.adapters"),
         ({"extra": ["--backend", "openai"]}, "engine.backend"),
