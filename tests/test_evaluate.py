@@ -87,7 +87,7 @@ def test_sft_rows_are_asked_without_their_target():
 
 def toy_calls_files(tmp_path: Path) -> tuple[Path, Path]:
     def call(cid, label, words):
-        turns = [{"speaker": "a", "start": 0, "end": 1, "text": words}]
+        turns = [{"speaker": "caller", "start": 0, "end": 1, "text": words}]
         return {"id": cid, "audio": "x.wav", "duration": 1.0, "scene": SCENES[0], "label": label, "turns": turns}
 
     train = [call(f"t{i}", FRAUD if i % 2 else NORMAL, "转账验证码" if i % 2 else "外卖到了") for i in range(6)]

@@ -192,9 +192,9 @@ def _calls_file(tmp_path: Path) -> Path:
     for i, (label, sec) in enumerate([(FRAUD, 5.0), (NORMAL, 5.0), (FRAUD, 7.0)]):
         write_wav(tmp_path / "audio" / f"k{i}.wav", sec, seed=i)
         turns = [
-            {"speaker": "a", "start": 0.1, "end": 1.9, "text": "喂"},
-            {"speaker": "b", "start": 2.1, "end": 3.9, "text": "嗯"},
-            {"speaker": "a", "start": 4.1, "end": 4.8, "text": "好"},
+            {"speaker": "caller", "start": 0.1, "end": 1.9, "text": "喂"},
+            {"speaker": "callee", "start": 2.1, "end": 3.9, "text": "嗯"},
+            {"speaker": "caller", "start": 4.1, "end": 4.8, "text": "好"},
         ]
         recs.append({"id": f"k{i}", "audio": f"audio/k{i}.wav", "duration": sec, "scene": SCENES[1], "label": label})
         recs[-1] |= {"fraud_type": None, "turns": turns}

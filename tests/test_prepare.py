@@ -16,17 +16,11 @@ from hypothesis import strategies as st
 import prompt
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
-from safe_qaq.calls import chunk_bounds
+from safe_qaq.calls import chunk_bounds, plan_prefixes, stage_of
 from safe_qaq.jsonl import read_jsonl
-from safe_qaq.prepare import (
-    Options,
-    main,
-    parse_reference_answer,
-    plan_prefixes,
-    prepare,
-    split_calls,
-    stage_of,
-)
+from safe_qaq.prepare import Options, main, prepare
+from safe_qaq.prepare.records import parse_reference_answer
+from safe_qaq.prepare.rows import split_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_META = ROOT / "data" / "calls" / "metadata.jsonl"
