@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl
+from safe_qaq.jsonl import JsonlError, atomic_file, dumps, iter_jsonl, write_json
 
 FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
 HOP_LENGTH = 160
@@ -234,42 +234,33 @@ def run(args: argparse.Namespace) -> Summary:
         header, *counts = count_rows(dataset, args.model)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(f"{cache}.partial.{os.getpid()}")
-            partial.write_text(json.dumps([header, *counts]), encoding="utf-8")
-            os.replace(partial, cache)
+            write_json(cache, [header, *counts], indent=None)
     check_context(header["max_position_embeddings"], args.max_length, args.vllm_max_model_len, args.model)
 
     summary = Summary(limit=limit)
     dropped_path = _dropped_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial_out, partial_dropped = Path(f"{out}.partial.{os.getpid()}"), Path(f"{dropped_path}.partial.{os.getpid()}")
-    try:
-        with open(partial_out, "w", encoding="utf-8") as kept, open(partial_dropped, "w", encoding="utf-8") as drop:
-            for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
-                summary.rows += 1
-                tokens, audios = count.get("tokens"), count["audios"]
-                if audios > args.max_audios:
-                    reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
-                elif "error" in count:
-                    reason, summary.unreadable = count["error"], summary.unreadable + 1
-                elif tokens > limit:
-                    reason, summary.too_long = "too_long", summary.too_long + 1
-                else:
-                    summary.kept += 1
-                    summary.longest_kept = max(summary.longest_kept, tokens)
-                    kept.write(dumps(row))
-                    continue
-                record = {"row": line_number, "reason": reason, "tokens": tokens, "limit": limit, "audios": audios}
-                record["call_id"] = row.get("call_id")
-                drop.write(dumps(record))
-                if len(summary.dropped_examples) < 5:
-                    summary.dropped_examples.append(f"line {line_number}: {reason} ({tokens} tokens, {audios} audios)")
-        # Renamed into place whole: the other nodes of a multi-node run may write the same files.
-        os.replace(partial_dropped, dropped_path)
-        os.replace(partial_out, out)
-    finally:
-        for path in (partial_out, partial_dropped):
-            path.unlink(missing_ok=True)
+    # Renamed into place whole (kept rows last): the other nodes of a multi-node run may write the same files.
+    with atomic_file(out) as kept, atomic_file(dropped_path) as drop:
+        for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
+            summary.rows += 1
+            tokens, audios = count.get("tokens"), count["audios"]
+            if audios > args.max_audios:
+                reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
+            elif "error" in count:
+                reason, summary.unreadable = count["error"], summary.unreadable + 1
+            elif tokens > limit:
+                reason, summary.too_long = "too_long", summary.too_long + 1
+            else:
+                summary.kept += 1
+                summary.longest_kept = max(summary.longest_kept, tokens)
+                kept.write(dumps(row))
+                continue
+            record = {"row": line_number, "reason": reason, "tokens": tokens, "limit": limit, "audios": audios}
+            record["call_id"] = row.get("call_id")
+            drop.write(dumps(record))
+            if len(summary.dropped_examples) < 5:
+                summary.dropped_examples.append(f"line {line_number}: {reason} ({tokens} tokens, {audios} audios)")
     print(_describe(summary, args) + (" (token counts reused)" if reused else ""))
     for example in summary.dropped_examples:
         print(f"  dropped {example}")

@@ -263,10 +263,7 @@ def check_settings(output: str | Path, settings: dict[str, Any], *, overwrite: b
                 "Rerun with the same ones, use another output, or pass --overwrite to discard it"
             )
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta = meta_path(output)
-    partial = meta.with_name(meta.name + ".partial")
-    partial.write_text(json.dumps(settings, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, meta)
+    write_json(meta_path(output), settings, indent=1)
 
 
 def cut_torn_tail(output: str | Path) -> int:
