@@ -37,16 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from safe_qaq.jsonl import JsonlError, atomic_file, dumps, iter_jsonl, write_json
+from safe_qaq.models import ModelError, max_positions, model_fingerprint, resolve_model
 
 FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
 HOP_LENGTH = 160
 MAX_MEL_FRAMES = 3000
 COUNTS_VERSION = 1
-# A stage's merged model carries the base model's copies of these: the same counts.
-TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
-    "special_tokens_map.json", "preprocessor_config.json",
-)  # fmt: skip
 
 
 class BudgetError(Exception):
@@ -59,18 +55,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def model_fingerprint(model: str) -> dict[str, Any]:
-    """What of the model decides token counts and positions: its tokenizer files and its positions."""
-    folder = Path(model)
-    if not folder.is_dir():
-        return {"model": model}  # a hub id: ms-swift resolves it; the id is what we know
-    files = {}
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            files[name] = _sha256(folder / name)
-    return {"model": str(folder.resolve()), "files": files, "positions": local_positions(model)}
 
 
 def audio_tokens(path: str) -> int:
@@ -154,16 +138,6 @@ def _describe(summary: Summary, args: argparse.Namespace) -> str:
     )
 
 
-def local_positions(model: str) -> int | None:
-    """max_position_embeddings from a local model's config.json (None for a hub id): a cheap early check."""
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text(encoding="utf-8"))
-    value = (config.get("text_config") or {}).get("max_position_embeddings", config.get("max_position_embeddings"))
-    return int(value) if value else None
-
-
 def check_context(max_positions: int, max_length: int, vllm_max_model_len: int | None, model: str) -> None:
     for name, value in (("MAX_LENGTH", max_length), ("VLLM_MAX_MODEL_LEN", vllm_max_model_len)):
         if value is not None and value > max_positions:
@@ -178,15 +152,17 @@ def counts_key(dataset: Path, model: str) -> str:
     from importlib.metadata import version
 
     here = Path(__file__).parent
+    fingerprint = model_fingerprint(model) or {}
     parts = {
         "version": COUNTS_VERSION,
         "dataset_sha256": _sha256(dataset),
-        **model_fingerprint(model),
+        # the tokenizer, not the path or the weights: a merged copy with the same tokenizer counts the same
+        "files": fingerprint.get("tokenizer"),
+        "positions": fingerprint.get("positions"),
         "ms_swift": version("ms-swift"),  # without importing it: a reuse stays cheap
         "template_plugin": _sha256(here / "qwen2_audio_template.py"),
         "budget": _sha256(Path(__file__)),
     }
-    parts.pop("model", None)  # a merged copy with the same tokenizer counts the same
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -220,7 +196,11 @@ def run(args: argparse.Namespace) -> Summary:
         raise BudgetError(
             f"--completion-tokens {args.completion_tokens} leaves no room in --max-length {args.max_length}"
         )
-    positions = local_positions(args.model)
+    try:
+        resolve_model(args.model)
+    except ModelError as error:
+        raise BudgetError(str(error)) from None
+    positions = max_positions(args.model)
     if positions is not None:
         check_context(positions, args.max_length, args.vllm_max_model_len, args.model)
 
@@ -281,7 +261,7 @@ def _check_fraction(summary: Summary, args: argparse.Namespace, dropped_path: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model dir or id (its tokenizer and config)")
+    parser.add_argument("--model", required=True, help="local model folder (its tokenizer and config)")
     parser.add_argument("--dataset", required=True, help="training rows (ms-swift jsonl)")
     parser.add_argument("--out", required=True, help="where the rows that fit are written")
     parser.add_argument("--max-length", type=int, required=True, help="prompt + completion tokens (MAX_LENGTH)")

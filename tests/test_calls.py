@@ -12,26 +12,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prompt import EARLY_STAGE, FRAUD, FRAUD_TYPES, NORMAL, SCENES, TASKS, format_answer
+from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES, TASKS
 from safe_qaq import live
 from safe_qaq.calls import Call, RowError, load_calls, resolve_audio
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import Options, prepare
+from tests.helpers.engines import FakeEngine, listener_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_META = ROOT / "data" / "calls" / "metadata.jsonl"
 
 
-class NeverDecides:
+def NeverDecides() -> FakeEngine:
     """An engine that always answers "not enough audio yet", so every prefix of a call is requested."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-
-    def generate(self, rows, *, n=1, **_):
-        self.requests += rows
-        text = format_answer("fraud", None, mode="realtime", stage=EARLY_STAGE, confidence=0.1)
-        return [[text] * n for _ in rows]
+    return listener_engine(early_conf=0.1, reasons=False)
 
 
 def _pauses_ms(turns: list[dict]) -> list[int]:

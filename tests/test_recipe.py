@@ -22,7 +22,7 @@ import swift
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.jsonl import read_jsonl
 from tests.conftest import ROOT
-from tests.recipe_support import (
+from tests.helpers.recipe_support import (
     MODEL_POSITIONS,
     UNVERIFIED,
     build_standin,
