@@ -42,13 +42,13 @@ def resolve_model(model: str | None, *, backend: str = "pt", what: str = "model"
     folder = Path(model).expanduser()
     if not folder.exists():
         raise ModelError(
-            f"{what} {model}: no such folder; models load from local folders, never from a hub ({GET_WEIGHTS})"
+            f"{what} folder {model} does not exist; models load from local folders, never from a hub ({GET_WEIGHTS})"
         )
     if not folder.is_dir():
-        raise ModelError(f"{what} {model}: not a folder (a {what} is a folder of weights and config)")
+        raise ModelError(f"{what} {model} is a file, not a folder (a {what} is a folder of weights and config)")
     if what == "model" and not (folder / "config.json").is_file():
         raise ModelError(
-            f"{what} {model}: no config.json in this folder, so it is not a model (a checkpoint's parent?)"
+            f"{what} folder {model} has no config.json, so it is not a model (a checkpoint's parent folder?)"
         )
     return model if folder == Path(model) else str(folder)
 

@@ -20,7 +20,7 @@ from safe_qaq.models import resolve_model
 from tests.helpers.engines import FakeEngine, echo_engine, listener_engine
 
 # what every generating CLI prints for a model folder that does not exist (at once: nothing is downloaded)
-MISSING_MODEL = "cannot load model '/no/such/model': ModelError: model /no/such/model: no such folder"
+MISSING_MODEL = "cannot load model '/no/such/model': ModelError: model folder /no/such/model does not exist"
 DEEP = b'{"prediction": ' + b"[" * 10_000 + b"]" * 10_000 + b', "answer": "fraud"}\n'
 
 
