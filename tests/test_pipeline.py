@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 STAGES = ("stage1_grpo", "stage2_rsft", "stage2_lcrl", "stage3_realtime")
 GRPO_REWARD_SETS = {

@@ -21,7 +21,7 @@ import swift
 
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 from tests.helpers.recipe_support import (
     MODEL_POSITIONS,
     UNVERIFIED,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 # Qwen2-Audio-7B-Instruct's published config. The audio values and audio_token_index equal transformers'
 # Qwen2AudioConfig defaults (which describe that model); hidden size, layers, heads, kv heads and rope_theta equal
