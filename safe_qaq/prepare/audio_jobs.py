@@ -107,6 +107,7 @@ def process_call(job: Job) -> dict[str, Any]:
 
 
 def with_progress(iterable, *, total: int, enabled: bool, desc: str):
+    """``iterable`` with a progress bar on stderr (``--no-progress``: as it is)."""
     if not enabled:
         return iterable
     from tqdm import tqdm
@@ -115,6 +116,7 @@ def with_progress(iterable, *, total: int, enabled: bool, desc: str):
 
 
 def run_jobs(jobs: list[Job], workers: int) -> Iterator[dict[str, Any]]:
+    """:func:`process_call` of each job, in order, on ``workers`` processes (in this one for a single worker)."""
     if workers <= 1 or len(jobs) <= 1:
         yield from map(process_call, jobs)
         return

@@ -30,6 +30,8 @@ class Origin:
 
 @dataclass(frozen=True)
 class Reject:
+    """A row that is not used, and why: one line of ``rejects.jsonl``."""
+
     origin: Origin
     code: str
     reason: str
