@@ -239,7 +239,7 @@ def test_audios_per_row_limit_is_the_one_setting(recipe):
     assert recipe.args(deploy)["infer_backend"] == "vllm" and recipe.args(deploy)["served_model_name"] == "safe-qaq"
 
 
-def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch):
+def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch, tmp_path):
     """safe_qaq.engine's vLLM backend (sampling, evaluation). Stub: the vLLM engine itself (GPU only)."""
     import swift.infer_engine
 
@@ -253,7 +253,8 @@ def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch):
 
     # Set in the lazy module's namespace: reading the real attribute first would import vLLM.
     monkeypatch.setitem(vars(swift.infer_engine), "VllmEngine", RecordingVllmEngine)
-    make_engine("some-model", backend="vllm")
+    (tmp_path / "config.json").write_text("{}")  # a model folder: make_engine refuses a name that is no folder
+    make_engine(str(tmp_path), backend="vllm")
     assert seen["limit_mm_per_prompt"] == {"audio": MAX_AUDIOS_PER_ROW}
 
 
