@@ -36,17 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl
+from safe_qaq.jsonl import JsonlError, atomic_file, dumps, iter_jsonl, write_json
+from safe_qaq.models import ModelError, max_positions, model_fingerprint, resolve_model
 
 FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
 HOP_LENGTH = 160
 MAX_MEL_FRAMES = 3000
 COUNTS_VERSION = 1
-# A stage's merged model carries the base model's copies of these: the same counts.
-TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
-    "special_tokens_map.json", "preprocessor_config.json",
-)  # fmt: skip
 
 
 class BudgetError(Exception):
@@ -59,18 +55,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def model_fingerprint(model: str) -> dict[str, Any]:
-    """What of the model decides token counts and positions: its tokenizer files and its positions."""
-    folder = Path(model)
-    if not folder.is_dir():
-        return {"model": model}  # a hub id: ms-swift resolves it; the id is what we know
-    files = {}
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            files[name] = _sha256(folder / name)
-    return {"model": str(folder.resolve()), "files": files, "positions": local_positions(model)}
 
 
 def audio_tokens(path: str) -> int:
@@ -154,16 +138,6 @@ def _describe(summary: Summary, args: argparse.Namespace) -> str:
     )
 
 
-def local_positions(model: str) -> int | None:
-    """max_position_embeddings from a local model's config.json (None for a hub id): a cheap early check."""
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text(encoding="utf-8"))
-    value = (config.get("text_config") or {}).get("max_position_embeddings", config.get("max_position_embeddings"))
-    return int(value) if value else None
-
-
 def check_context(max_positions: int, max_length: int, vllm_max_model_len: int | None, model: str) -> None:
     for name, value in (("MAX_LENGTH", max_length), ("VLLM_MAX_MODEL_LEN", vllm_max_model_len)):
         if value is not None and value > max_positions:
@@ -178,15 +152,17 @@ def counts_key(dataset: Path, model: str) -> str:
     from importlib.metadata import version
 
     here = Path(__file__).parent
+    fingerprint = model_fingerprint(model) or {}
     parts = {
         "version": COUNTS_VERSION,
         "dataset_sha256": _sha256(dataset),
-        **model_fingerprint(model),
+        # the tokenizer, not the path or the weights: a merged copy with the same tokenizer counts the same
+        "files": fingerprint.get("tokenizer"),
+        "positions": fingerprint.get("positions"),
         "ms_swift": version("ms-swift"),  # without importing it: a reuse stays cheap
         "template_plugin": _sha256(here / "qwen2_audio_template.py"),
         "budget": _sha256(Path(__file__)),
     }
-    parts.pop("model", None)  # a merged copy with the same tokenizer counts the same
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -220,7 +196,11 @@ def run(args: argparse.Namespace) -> Summary:
         raise BudgetError(
             f"--completion-tokens {args.completion_tokens} leaves no room in --max-length {args.max_length}"
         )
-    positions = local_positions(args.model)
+    try:
+        resolve_model(args.model)
+    except ModelError as error:
+        raise BudgetError(str(error)) from None
+    positions = max_positions(args.model)
     if positions is not None:
         check_context(positions, args.max_length, args.vllm_max_model_len, args.model)
 
@@ -234,42 +214,33 @@ def run(args: argparse.Namespace) -> Summary:
         header, *counts = count_rows(dataset, args.model)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(f"{cache}.partial.{os.getpid()}")
-            partial.write_text(json.dumps([header, *counts]), encoding="utf-8")
-            os.replace(partial, cache)
+            write_json(cache, [header, *counts], indent=None)
     check_context(header["max_position_embeddings"], args.max_length, args.vllm_max_model_len, args.model)
 
     summary = Summary(limit=limit)
     dropped_path = _dropped_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial_out, partial_dropped = Path(f"{out}.partial.{os.getpid()}"), Path(f"{dropped_path}.partial.{os.getpid()}")
-    try:
-        with open(partial_out, "w", encoding="utf-8") as kept, open(partial_dropped, "w", encoding="utf-8") as drop:
-            for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
-                summary.rows += 1
-                tokens, audios = count.get("tokens"), count["audios"]
-                if audios > args.max_audios:
-                    reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
-                elif "error" in count:
-                    reason, summary.unreadable = count["error"], summary.unreadable + 1
-                elif tokens > limit:
-                    reason, summary.too_long = "too_long", summary.too_long + 1
-                else:
-                    summary.kept += 1
-                    summary.longest_kept = max(summary.longest_kept, tokens)
-                    kept.write(dumps(row))
-                    continue
-                record = {"row": line_number, "reason": reason, "tokens": tokens, "limit": limit, "audios": audios}
-                record["call_id"] = row.get("call_id")
-                drop.write(dumps(record))
-                if len(summary.dropped_examples) < 5:
-                    summary.dropped_examples.append(f"line {line_number}: {reason} ({tokens} tokens, {audios} audios)")
-        # Renamed into place whole: the other nodes of a multi-node run may write the same files.
-        os.replace(partial_dropped, dropped_path)
-        os.replace(partial_out, out)
-    finally:
-        for path in (partial_out, partial_dropped):
-            path.unlink(missing_ok=True)
+    # Renamed into place whole (kept rows last): the other nodes of a multi-node run may write the same files.
+    with atomic_file(out) as kept, atomic_file(dropped_path) as drop:
+        for (line_number, row), count in zip(iter_jsonl(dataset), counts, strict=True):
+            summary.rows += 1
+            tokens, audios = count.get("tokens"), count["audios"]
+            if audios > args.max_audios:
+                reason, summary.too_many_audios = "too_many_audios", summary.too_many_audios + 1
+            elif "error" in count:
+                reason, summary.unreadable = count["error"], summary.unreadable + 1
+            elif tokens > limit:
+                reason, summary.too_long = "too_long", summary.too_long + 1
+            else:
+                summary.kept += 1
+                summary.longest_kept = max(summary.longest_kept, tokens)
+                kept.write(dumps(row))
+                continue
+            record = {"row": line_number, "reason": reason, "tokens": tokens, "limit": limit, "audios": audios}
+            record["call_id"] = row.get("call_id")
+            drop.write(dumps(record))
+            if len(summary.dropped_examples) < 5:
+                summary.dropped_examples.append(f"line {line_number}: {reason} ({tokens} tokens, {audios} audios)")
     print(_describe(summary, args) + (" (token counts reused)" if reused else ""))
     for example in summary.dropped_examples:
         print(f"  dropped {example}")
@@ -290,7 +261,7 @@ def _check_fraction(summary: Summary, args: argparse.Namespace, dropped_path: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model dir or id (its tokenizer and config)")
+    parser.add_argument("--model", required=True, help="local model folder (its tokenizer and config)")
     parser.add_argument("--dataset", required=True, help="training rows (ms-swift jsonl)")
     parser.add_argument("--out", required=True, help="where the rows that fit are written")
     parser.add_argument("--max-length", type=int, required=True, help="prompt + completion tokens (MAX_LENGTH)")

@@ -1,9 +1,11 @@
-"""The call model shared by data preparation, the transcript floor and live inference.
+"""The call model shared by data preparation, the transcript floor, evaluation and live inference.
 
-One place for: the call record (id, audio, duration, labels, turns), a call's gold label per
-task, where a listed audio path points, the pauses between turns, and which ``[start, end)``
-millisecond pieces a prefix (or the whole call) is sent to the model as.  Because
-``prepare`` and ``live`` plan chunks with the same functions and cut them with
+One place for: the call record (id, audio, duration, labels, turns) and its one parser
+(:meth:`Call.from_json`, strict, used by ``prepare`` and by every reader of call files), a
+call's gold label per task, where a listed audio path points, the pauses between turns, the
+real-time prefixes of a call and the stage each one is labelled with, and which
+``[start, end)`` millisecond pieces a prefix (or the whole call) is sent to the model as.
+Because ``prepare`` and ``live`` plan with the same functions and cut with
 :func:`safe_qaq.audio.cut_chunks`, live inference hears exactly the chunks training heard.
 """
 
@@ -18,12 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prompt import FRAUD, TASK_LABELS, TASKS
+from prompt import (
+    COMPLETE,
+    EARLY_STAGE,
+    FRAUD,
+    FRAUD_LABELS,
+    FRAUD_TYPES,
+    LATE_STAGE,
+    NORMAL,
+    SCENES,
+    TASK_LABELS,
+    TASKS,
+)
 from safe_qaq.audio import MAX_AUDIO_SECONDS
 from safe_qaq.jsonl import iter_jsonl
 
 #: How a call longer than one chunk is sent: as consecutive chunks, or only its first chunk.
 LONG_CALL_POLICIES = ("chunk", "truncate")
+SPEAKERS = ("caller", "callee")
 DEFAULT_CHUNK_MS = round(MAX_AUDIO_SECONDS * 1000)
 
 
@@ -81,35 +95,86 @@ class Call:
 
     @classmethod
     def from_json(cls, obj: Any, listed_in: str | os.PathLike) -> Call:
-        """A call from a metadata-format record listed in the file ``listed_in``.
+        """A call from a metadata-format record listed in the file ``listed_in`` (README "Input formats").
 
-        Lenient about labels and turns (an unknown label has no gold, an untimed turn no pause);
-        strict about what cannot be used: raises :class:`RowError` for a record without an id or
-        a usable audio path.
+        Strict, the one parser of the format (``prepare`` and every reader of call files): raises
+        :class:`RowError` saying why for an id that is not a non-empty string, an unusable audio
+        path, an unknown label, a normal call with a fraud type, a record with neither a scene nor
+        a fraud label, a duration that is not a positive number, or turns that are not timed,
+        ordered ``{speaker, start, end, text}`` objects.  A fraud type alone implies a fraud call.
         """
         if not isinstance(obj, dict):
             raise RowError("bad_record", f"row is a JSON {type(obj).__name__}, not an object")
         call_id = obj.get("id")
-        if isinstance(call_id, int) and not isinstance(call_id, bool):
-            call_id = str(call_id)
         if not isinstance(call_id, str) or not call_id.strip():
             raise RowError("bad_record", f"'id' must be a non-empty string, got {call_id!r}")
+        audio = resolve_audio(obj.get("audio"), listed_in)
+        scene = _check_label(obj.get("scene"), SCENES, "scene")
+        label = _check_label(obj.get("label"), FRAUD_LABELS, "label")
+        fraud_type = _check_label(obj.get("fraud_type"), FRAUD_TYPES, "fraud_type")
         duration = obj.get("duration")
-        turns = obj.get("turns")
-        turns = [t for t in turns if isinstance(t, dict)] if isinstance(turns, list) else []
+        if duration is not None and _number(duration, "'duration'") <= 0:
+            raise RowError("bad_record", f"'duration' must be positive, got {duration}")
+        turns = _check_turns(obj.get("turns"))
+        check_consistent(label, fraud_type)
+        if label is None and fraud_type is not None:
+            label = FRAUD  # only fraud calls have a fraud type
+        if scene is None and label is None:
+            raise RowError("unknown_label", "record has no label: need at least one of scene, label, fraud_type")
         return cls(
             call_id=call_id.strip(),
-            audio=resolve_audio(obj.get("audio"), listed_in),
-            duration=float(duration) if _finite(duration) and duration > 0 else None,
-            scene=_text(obj.get("scene")),
-            label=_text(obj.get("label")),
-            fraud_type=_text(obj.get("fraud_type")),
-            turns=turns or None,
+            audio=audio,
+            duration=None if duration is None else float(duration),
+            scene=scene,
+            label=label,
+            fraud_type=fraud_type,
+            turns=turns,
         )
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def check_consistent(label: str | None, fraud_type: str | None) -> None:
+    """:class:`RowError` for a normal call with a fraud type (also checked when records are merged)."""
+    if label == NORMAL and fraud_type is not None:
+        raise RowError("conflict", f"a {NORMAL} call cannot have fraud_type {fraud_type!r}")
+
+
+def _check_label(value: Any, allowed: Sequence[str], key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise RowError("unknown_label", f"unknown {key} {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if not _finite(value):
+        raise RowError("bad_record", f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_turns(turns: Any) -> list[dict[str, Any]] | None:
+    if turns is None or turns == []:
+        return None
+    if not isinstance(turns, list):
+        raise RowError("bad_record", f"'turns' must be a list, got {type(turns).__name__}")
+    checked = []
+    previous_start = 0.0
+    for i, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise RowError("bad_record", f"turn {i} is not an object")
+        if turn.get("speaker") not in SPEAKERS:
+            raise RowError("bad_record", f"turn {i}: speaker must be one of {SPEAKERS}, got {turn.get('speaker')!r}")
+        start, end = _number(turn.get("start"), f"turn {i} start"), _number(turn.get("end"), f"turn {i} end")
+        if not 0.0 <= start <= end:
+            raise RowError("bad_record", f"turn {i}: need 0 <= start <= end, got start={start} end={end}")
+        if start < previous_start:
+            raise RowError("bad_record", f"turn {i} starts at {start} s, before the previous turn ({previous_start} s)")
+        previous_start = start
+        text = turn.get("text", "")
+        if not isinstance(text, str):
+            raise RowError("bad_record", f"turn {i}: text must be a string")
+        checked.append({"speaker": turn["speaker"], "start": start, "end": end, "text": text})
+    return checked
 
 
 def _finite(value: Any) -> bool:
@@ -164,7 +229,7 @@ def resolve_audio(value: Any, listed_in: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Pauses and chunks
+# Pauses, real-time prefixes and their stage, chunks
 # ---------------------------------------------------------------------------
 
 
@@ -186,6 +251,43 @@ def turn_boundaries_ms(turns: Sequence[dict[str, Any]] | None, duration_ms: int)
 
 def _start(turn: dict[str, Any]) -> float:
     return turn["start"]
+
+
+def stage_of(fraction: float, early_max: float, complete_min: float) -> str:
+    """The gold stage of a prefix that covers ``fraction`` of the call (README, "Real time")."""
+    if fraction >= complete_min:
+        return COMPLETE
+    if fraction <= early_max:
+        return EARLY_STAGE
+    return LATE_STAGE
+
+
+def _nearest(points: Sequence[int], target: float) -> int:
+    """The point closest to ``target``; a tie goes to the earlier point."""
+    return min(points, key=lambda p: (abs(p - target), p))
+
+
+def plan_prefixes(
+    duration_ms: int,
+    boundaries_ms: Sequence[int],
+    fractions: Sequence[float],
+    *,
+    early_max: float,
+    complete_min: float,
+    min_prefix_ms: int,
+) -> list[tuple[int, str]]:
+    """``(end_ms, stage)`` of the growing prefixes of a call; the last one is the whole call.
+
+    Each target fraction is cut at the nearest turn boundary (at the exact time when there
+    are no turns); prefixes shorter than ``min_prefix_ms`` and duplicates are skipped.
+    """
+    ends = set()
+    for fraction in fractions:
+        target = fraction * duration_ms
+        end = _nearest(boundaries_ms, target) if boundaries_ms else round(target / 10.0) * 10
+        if min_prefix_ms <= end < duration_ms:
+            ends.add(end)
+    return [(end, stage_of(end / duration_ms, early_max, complete_min)) for end in [*sorted(ends), duration_ms]]
 
 
 def chunk_bounds(

@@ -7,6 +7,9 @@ Backends:
 * ``openai`` -- an OpenAI-compatible endpoint (``swift deploy``, ``vllm serve``) via ms-swift's
   ``InferClient``; ``model`` is then the served model name (or None for the first one).
 
+The model argument is resolved by :func:`safe_qaq.models.resolve_model` (a local folder, or the
+served name): a folder that does not exist is one line naming it, never a hub download.
+
 Rows are dicts with ``messages`` (ms-swift chat; the last turn is the user's) and ``audios``.
 The local backends use the ``qwen2_audio_expanded`` template (see
 :mod:`safe_qaq.qwen2_audio_template` for why the stock one generates wrongly).
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from prompt import AUDIO_TAG, question_of
+from safe_qaq.models import model_fingerprint, resolve_model
 
 BACKENDS = ("pt", "vllm", "openai")
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -70,7 +74,7 @@ def add_engine_arguments(
     """The model/engine and generation options every generating CLI shares (one definition)."""
     engine = parser.add_argument_group("model and engine")
     engine.add_argument(
-        "--model", required=model_required, help="model dir or id (the served model name with --backend openai)"
+        "--model", required=model_required, help="local model folder (the served model name with --backend openai)"
     )
     engine.add_argument("--adapters", nargs="*", default=[], help="LoRA adapter checkpoint(s) applied on load")
     engine.add_argument("--backend", choices=BACKENDS, default="pt")
@@ -106,28 +110,15 @@ def engine_from_args(args: argparse.Namespace, *, max_batch_size: int = 8) -> En
     )
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def model_fingerprint(model: str | None) -> list[list[Any]] | None:
-    """Names, sizes and mtimes of a local model's (or adapter's) weight files: a retrained model is another model.
-
-    Sizes and mtimes rather than a hash: hashing 15 GB of weights on every run would cost more
-    than it protects; retraining into the same folder rewrites the files and so their mtimes.
-    None for a hub id or a served model name (nothing local to look at).
-    """
-    folder = Path(model) if model else None
-    if folder is None or not folder.is_dir():
-        return None
-    return [
-        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(folder.iterdir())
-        if f.is_file() and f.suffix in WEIGHT_SUFFIXES
-    ]
+def _weights(model: str | None) -> list[list[Any]] | None:
+    """``[name, size, mtime_ns]`` of a local folder's weight files (None for a served name): a retrained model
+    is another model.  The form resume metadata has always stored, so older outputs still resume."""
+    fingerprint = model_fingerprint(model)
+    return None if fingerprint is None else fingerprint["weights"]
 
 
 def _where(model: str | None) -> str | None:
-    """A local path made absolute (so ``./m`` and ``/abs/m`` are one model); a hub id or served name as given."""
+    """A local path made absolute (so ``./m`` and ``/abs/m`` are one model); a served name as given."""
     return str(Path(model).resolve()) if model and Path(model).exists() else model
 
 
@@ -140,8 +131,8 @@ def engine_identity(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backend": args.backend,
         "model": _where(args.model),
-        "model_weights": model_fingerprint(args.model),
-        "adapters": [{"path": _where(a), "weights": model_fingerprint(a)} for a in adapters],
+        "model_weights": _weights(args.model),
+        "adapters": [{"path": _where(a), "weights": _weights(a)} for a in adapters],
         "base_url": (args.base_url or DEFAULT_BASE_URL) if args.backend == "openai" else None,
     }
 
@@ -255,10 +246,17 @@ def make_engine(
     model_type: str = "qwen2_audio",
     **engine_kwargs: Any,
 ) -> Engine:
-    """Build an :class:`Engine`.  ``engine_kwargs`` go to the ms-swift engine's constructor."""
+    """Build an :class:`Engine`.  ``engine_kwargs`` go to the ms-swift engine's constructor.
+
+    The model and adapters are resolved first (:func:`safe_qaq.models.resolve_model`): a missing
+    folder raises :class:`safe_qaq.models.ModelError` before ms-swift is imported.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    model = resolve_model(model, backend=backend)
+    adapters = [resolve_model(a, backend=backend, what="adapter") for a in adapters or []]
     import safe_qaq.qwen2_audio_template as template  # registers the template
 
-    adapters = list(adapters or [])
     if backend == "pt":
         from swift.infer_engine import TransformersEngine
 

@@ -63,6 +63,7 @@ from safe_qaq.jsonl import (
     print_error,
     read_output,
     read_rows,
+    write_json,
 )
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_text
 
@@ -236,7 +237,7 @@ def write_outputs(out: Path, reports: Sequence[dict], *, plots: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     main_rep = reports[0]
     payload = {"model": main_rep, "baselines": list(reports[1:])}
-    (out / "metrics.json").write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(out / "metrics.json", payload)
     text = markdown_table(reports) + "\n\n" + "\n".join(per_class_markdown(r) for r in reports)
     (out / "metrics.md").write_text(text, encoding="utf-8")
     if plots:

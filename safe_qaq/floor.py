@@ -17,7 +17,6 @@ Nothing is persisted but the metrics (JSON/Markdown/PNG): the model trains in a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from prompt import TASKS
 from safe_qaq.calls import Call, load_calls
+from safe_qaq.jsonl import write_json
 from safe_qaq.metrics import Sample, markdown_table, per_class_markdown, report, sample_from_label
 
 SYSTEM = "floor: char n-gram TF-IDF + LR (transcript)"
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(rep, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_json(out / "metrics.json", rep)
         (out / "metrics.md").write_text(table + "\n\n" + per_class_markdown(rep), encoding="utf-8")
         for task, m in rep["tasks"].items():
             confusion_png(m, out / f"confusion_{task}.png", title=f"floor — {task}")

@@ -1,4 +1,8 @@
-"""JSONL for the whole pipeline: per-line reading with row-numbered errors, and the resume contract.
+"""JSONL for the whole pipeline: per-line reading with row-numbered errors, atomic writing, the resume contract.
+
+Writing.  Every whole-file output (prepared rows, summaries, metrics, filtered samples) is
+written beside its target and renamed into place (:func:`write_jsonl`, :func:`write_json`,
+:func:`atomic_file`): a reader, or another node of a multi-node run, never sees half a file.
 
 Reading.  Lines are decoded one at a time, so one bad byte, one malformed or absurdly nested
 line rejects that line with a message naming the file and line, never the whole file with a
@@ -20,11 +24,12 @@ Resuming.  Every long-running tool that appends to an output (``sample``, ``eval
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -112,11 +117,6 @@ def read_rows(path: str | Path, check=None, *, max_errors: int = 20) -> list[tup
     return rows
 
 
-def dumps(record: dict[str, Any]) -> str:
-    """One JSONL line (UTF-8 text kept readable)."""
-    return json.dumps(record, ensure_ascii=False) + "\n"
-
-
 def print_error(message: object) -> None:
     """``error: ...`` on stderr, one line per line of the message (one per bad row)."""
     for line in str(message).splitlines() or [""]:
@@ -126,6 +126,49 @@ def print_error(message: object) -> None:
 def os_error_message(exc: OSError) -> str:
     """``FILE: reason`` for a file that cannot be read or written (no traceback for a user's typo)."""
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One JSONL line (UTF-8 text kept readable)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[str]]:
+    """A text handle on a partial file beside ``path``, renamed onto ``path`` only if the block succeeds.
+
+    The partial name carries the pid: the nodes of a multi-node run may write the same file at once.
+    On an exception the partial file is removed and ``path`` keeps what it held.
+    """
+    path = Path(path)
+    partial = Path(f"{path}.partial.{os.getpid()}")
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` as JSONL, atomically; returns how many were written."""
+    n = 0
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(dumps(row))
+            n += 1
+    return n
+
+
+def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> None:
+    """Write one JSON document (UTF-8 text kept readable, a final newline), atomically."""
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -220,10 +263,7 @@ def check_settings(output: str | Path, settings: dict[str, Any], *, overwrite: b
                 "Rerun with the same ones, use another output, or pass --overwrite to discard it"
             )
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta = meta_path(output)
-    partial = meta.with_name(meta.name + ".partial")
-    partial.write_text(json.dumps(settings, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, meta)
+    write_json(meta_path(output), settings, indent=1)
 
 
 def cut_torn_tail(output: str | Path) -> int:

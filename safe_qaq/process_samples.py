@@ -26,7 +26,6 @@ completions at all is an error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -35,11 +34,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prompt import question_of
 from safe_qaq.answer import GoldError, judge, parse_answer, resolve_stage, resolve_task
-from safe_qaq.jsonl import JsonlError, dumps, iter_jsonl, os_error_message, print_error
+from safe_qaq.jsonl import JsonlError, atomic_file, dumps, iter_jsonl, os_error_message, print_error, write_json
 from safe_qaq.sample import read_n
 
 SAMPLE_COLUMNS = ("prompt_index", "prompt_id", "sample_index", "completion")
@@ -171,51 +170,43 @@ def process(
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(unsolved).parent.mkdir(parents=True, exist_ok=True)
     # Written beside the targets and renamed at the end: a failed run leaves no half file that looks valid.
-    partial_kept, partial_missed = f"{output}.partial", f"{unsolved}.partial"
-    try:
-        _write(paths, partial_kept, partial_missed, require_format, report, sizes)
-    except BaseException:
-        for path in (partial_kept, partial_missed):
-            Path(path).unlink(missing_ok=True)
-        raise
-    os.replace(partial_kept, output)
-    os.replace(partial_missed, unsolved)
+    with atomic_file(output) as kept, atomic_file(unsolved) as missed:
+        _write(paths, kept, missed, require_format, report, sizes)
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _write(
-    paths: list[str], output: str, unsolved: str, require_format: bool, report: Report, sizes: dict[str, int | None]
+    paths: list[str], kept: IO[str], missed: IO[str], require_format: bool, report: Report, sizes: dict[str, int | None]
 ) -> None:
     seen: set[tuple[Any, Any]] = set()
-    with open(output, "w", encoding="utf-8") as kept, open(unsolved, "w", encoding="utf-8") as missed:
-        for path, line, group in _groups(paths):
-            key = _key(group[0][1])
-            where = f"{path}:{line}"
-            if key in seen:
-                raise ValueError(f"{where}: prompt {key} appears in two places (overlapping shards or a rerun?)")
-            n = sizes[path]
-            if n is not None and len(group) != n:
-                raise ValueError(
-                    f"{where}: prompt {key[0]} has {len(group)} completions, not {n} "
-                    "(an unfinished sample.py run? rerun it to finish; or pass the right --n)"
-                )
-            seen.add(key)
-            report.lines += len(group)
-            first = group[0][1]
-            try:
-                task = resolve_task(first.get("answers"), first.get("task"))
-                stage = resolve_stage(first.get("conversation_stage"))
-            except GoldError as exc:
-                raise ValueError(f"{where}: {exc}") from None
-            chosen = _select(group, task, stage, require_format, report.tasks[task])
-            if chosen is None:
-                missed.write(dumps(_prompt_row(first)))
-                continue
-            row = _prompt_row(chosen)
-            # a row sampled from an SFT row gets the kept completion in place of its answer
-            row["messages"] = [*question_of(chosen["messages"]), {"role": "assistant", "content": chosen["completion"]}]
-            kept.write(dumps(row))
+    for path, line, group in _groups(paths):
+        key = _key(group[0][1])
+        where = f"{path}:{line}"
+        if key in seen:
+            raise ValueError(f"{where}: prompt {key} appears in two places (overlapping shards or a rerun?)")
+        n = sizes[path]
+        if n is not None and len(group) != n:
+            raise ValueError(
+                f"{where}: prompt {key[0]} has {len(group)} completions, not {n} "
+                "(an unfinished sample.py run? rerun it to finish; or pass the right --n)"
+            )
+        seen.add(key)
+        report.lines += len(group)
+        first = group[0][1]
+        try:
+            task = resolve_task(first.get("answers"), first.get("task"))
+            stage = resolve_stage(first.get("conversation_stage"))
+        except GoldError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        chosen = _select(group, task, stage, require_format, report.tasks[task])
+        if chosen is None:
+            missed.write(dumps(_prompt_row(first)))
+            continue
+        row = _prompt_row(chosen)
+        # a row sampled from an SFT row gets the kept completion in place of its answer
+        row["messages"] = [*question_of(chosen["messages"]), {"role": "assistant", "content": chosen["completion"]}]
+        kept.write(dumps(row))
     if report.lines == 0:  # raised before the outputs are replaced: an earlier result stays
         raise ValueError(f"no completions in {', '.join(paths)}; nothing written")
 
@@ -268,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.table())
     if args.stats:
-        Path(args.stats).write_text(json.dumps(report.stats(), indent=1) + "\n", encoding="utf-8")
+        write_json(args.stats, report.stats(), indent=1)
     rate = report.lines / report.seconds if report.seconds else float("inf")
     print(f"{report.lines} completions in {report.seconds:.1f} s ({rate:,.0f}/s); peak RSS {peak_rss_mb():.0f} MB")
     print(f"kept -> {args.output}\nunsolved -> {args.unsolved}")

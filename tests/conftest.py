@@ -1,16 +1,13 @@
 """Shared fixtures: the tiny local Qwen2-Audio and a few generated audio rows."""
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_CALLS = ROOT / "data" / "calls" / "metadata.jsonl"
+from tests.helpers.cli import BUNDLED_CALLS, ROOT, run_cli, write_jsonl  # noqa: F401 -- re-exported for older imports
+
 # Keep CPU runs lean and offline: no hub access, one thread per op on this shared machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,21 +75,3 @@ def audio_rows(tmp_path_factory) -> list[dict]:
             }
         )
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def run_cli(
-    args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Run a command with the venv's tools first on PATH (plus ``env``); fail with its output on error."""
-    env = dict(os.environ, **(env or {}), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        command = " ".join(map(str, args))
-        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result

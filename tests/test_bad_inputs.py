@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from fake_engines import EchoEngine, ListenerEngine
 
 import prompt
 import rewards
 from safe_qaq import evaluate, live, process_samples, sample
 from safe_qaq.jsonl import dumps, meta_path
+from safe_qaq.models import resolve_model
+from tests.helpers.engines import FakeEngine, echo_engine, listener_engine
 
+# what every generating CLI prints for a model folder that does not exist (at once: nothing is downloaded)
+MISSING_MODEL = "cannot load model '/no/such/model': ModelError: model folder /no/such/model does not exist"
 DEEP = b'{"prediction": ' + b"[" * 10_000 + b"]" * 10_000 + b', "answer": "fraud"}\n'
 
 
@@ -55,11 +58,11 @@ def engine(monkeypatch):
     """What safe_qaq.engine.make_engine gives: ``--model listener`` a ListenerEngine, others an EchoEngine."""
     import safe_qaq.engine
 
-    made = {"echo": EchoEngine(), "listener": ListenerEngine(decide_after_s=1.0)}
+    made = {"echo": echo_engine(), "listener": listener_engine(decide_after_s=1.0)}
 
     def make(model, **kwargs):
-        if model == "/no/such/model":
-            raise OSError(f"{model} is not a local folder and the hub is offline")
+        if model == "/no/such/model":  # what the real factory does first: resolve the model, never download it
+            resolve_model(model, backend=kwargs.get("backend", "pt"))
         return made["listener" if model == "listener" else "echo"]
 
     monkeypatch.setattr(safe_qaq.engine, "make_engine", make)
@@ -192,7 +195,7 @@ EVALUATE = [
     ("data: audio missing, --backend openai", "model", OPENAI_MISSING, 1, "data.jsonl:2: audio /no/such.wav does not"),
     ("data: two audios missing", "model", TWO_MISSING, 1, "data.jsonl:2: 2 audios do not exist: /no/a.wav, /no/b.wav"),
     ("data: two audios, one tag", "model", {"audios": ["x", "y"]}, 1, "1 <audio> tag(s) in 'messages' for 2 audio"),
-    ("model cannot load", "model", "/no/such/model", 1, "cannot load model '/no/such/model': OSError"),
+    ("model cannot load", "model", "/no/such/model", 1, MISSING_MODEL),
     ("bad top-p", "model", ["--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
     ("negative temperature", "model", ["--temperature", "-1"], 2, "--temperature must be >= 0"),
     ("neither model nor predictions", None, None, 2, "give one of --model"),
@@ -250,7 +253,7 @@ def test_evaluate_failed_generation_keeps_what_finished(tmp_path, capsys, engine
         calls.append(rows)
         if len(calls) == 2:
             raise RuntimeError("generation failed for row c1: CUDA out of memory")
-        return EchoEngine.generate(echo, rows, **kwargs)
+        return FakeEngine.generate(echo, rows, **kwargs)
 
     echo.generate = flaky
     argv = ["--model", "m", "--data", data, "--out", tmp_path / "eval", "--batch-size", "1", "--quiet", "--no-floor"]
@@ -274,7 +277,12 @@ SAMPLE = [
     ("audio missing, --backend openai", OPENAI_MISSING, 1, "in.jsonl:2: audio /no/such.wav does not exist"),
     ("output is the input", ["--output", "{tmp}/in.jsonl"], 2, "--output must not be the input"),
     ("no completions asked", ["--n", "0"], 2, "--n and --batch-size must be >= 1"),
-    ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model'"),
+    (
+        "model cannot load",
+        ["--model", "/no/such/model"],
+        1,
+        MISSING_MODEL,
+    ),
 ]
 
 
@@ -317,7 +325,12 @@ LIVE = [
     ("audio null", {"id": "k9", "audio": None}, 1, "calls.jsonl:4: audio path must be a non-empty string, got None"),
     ("id empty", {"id": " ", "audio": "k9.wav"}, 1, "calls.jsonl:4: 'id' must be a non-empty string, got ' '"),
     ("a call id twice", "k0 again", 1, "call id 'k0' appears twice"),
-    ("model cannot load", ["--model", "/no/such/model"], 1, "cannot load model '/no/such/model': OSError"),
+    (
+        "model cannot load",
+        ["--model", "/no/such/model"],
+        1,
+        MISSING_MODEL,
+    ),
     ("bad hop", ["--hop", "0"], 2, "--hop and --chunk-s > 0"),
     ("no calls", b"", 1, "no calls to walk for task fraud"),
 ]

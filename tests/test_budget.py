@@ -12,7 +12,7 @@ import soundfile as sf
 import prompt
 from safe_qaq import budget
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import write_jsonl
+from tests.helpers.cli import write_jsonl
 
 
 @pytest.fixture(scope="module")

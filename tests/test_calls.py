@@ -12,26 +12,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prompt import EARLY_STAGE, FRAUD, FRAUD_TYPES, NORMAL, SCENES, TASKS, format_answer
+from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES, TASKS
 from safe_qaq import live
 from safe_qaq.calls import Call, RowError, load_calls, resolve_audio
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import Options, prepare
+from tests.helpers.engines import FakeEngine, listener_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_META = ROOT / "data" / "calls" / "metadata.jsonl"
 
 
-class NeverDecides:
+def NeverDecides() -> FakeEngine:
     """An engine that always answers "not enough audio yet", so every prefix of a call is requested."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-
-    def generate(self, rows, *, n=1, **_):
-        self.requests += rows
-        text = format_answer("fraud", None, mode="realtime", stage=EARLY_STAGE, confidence=0.1)
-        return [[text] * n for _ in rows]
+    return listener_engine(early_conf=0.1, reasons=False)
 
 
 def _pauses_ms(turns: list[dict]) -> list[int]:
@@ -163,18 +157,62 @@ def test_resolve_audio(tmp_path, monkeypatch):
             resolve_audio(value, listing)
 
 
+GOOD_CALL = {
+    "id": "c1",
+    "audio": "c1.wav",
+    "duration": 3.0,
+    "label": FRAUD,
+    "turns": [{"speaker": "caller", "start": 0, "end": 1, "text": "喂"}],
+}
+# One parser, strict, for prepare and for every reader of call files: (change to a good record, reason).
+BAD_CALLS = [
+    ({"id": None}, "'id' must be a non-empty string, got None"),
+    ({"id": 7}, "'id' must be a non-empty string, got 7"),
+    ({"audio": None}, "audio path must be a non-empty string"),
+    ({"label": "maybe"}, "unknown label 'maybe'"),
+    ({"scene": "不是场景"}, "unknown scene '不是场景'"),
+    ({"label": NORMAL, "fraud_type": FRAUD_TYPES[0]}, "a normal call cannot have fraud_type"),
+    ({"label": None}, "record has no label"),
+    ({"duration": -1}, "'duration' must be positive"),
+    ({"turns": [GOOD_CALL["turns"][0], "x"]}, "turn 2 is not an object"),
+    ({"turns": [{"start": 0, "end": 1}]}, "turn 1: speaker must be one of"),
+    ({"turns": [{"speaker": "caller", "start": 2, "end": 1}]}, "turn 1: need 0 <= start <= end"),
+]
+
+
 def test_load_calls_names_the_bad_row(tmp_path):
     path = tmp_path / "calls.jsonl"
-    good = {"id": "c1", "audio": "c1.wav", "duration": 3.0, "label": FRAUD, "turns": [{"start": 0, "end": 1}, "x"]}
-    path.write_text(json.dumps(good) + "\n" + json.dumps({"audio": "c2.wav"}) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(GOOD_CALL) + "\n" + json.dumps({"audio": "c2.wav"}) + "\n", encoding="utf-8")
     with pytest.raises(RowError, match=rf"{path}:2: 'id' must be a non-empty string"):
         load_calls(path)
-    path.write_text(json.dumps(good) + "\n", encoding="utf-8")
+    for change, reason in BAD_CALLS:
+        path.write_text(json.dumps(GOOD_CALL) + "\n" + json.dumps(GOOD_CALL | change) + "\n", encoding="utf-8")
+        with pytest.raises(RowError) as caught:
+            load_calls(path)
+        assert str(caught.value).startswith(f"{path}:2: {reason}"), (change, str(caught.value))
+    path.write_text(json.dumps(GOOD_CALL | {"fraud_type": FRAUD_TYPES[0], "label": None}) + "\n", encoding="utf-8")
     [call] = load_calls(path)
     assert (call.call_id, call.audio, call.duration, call.turns) == (
         "c1",
         str(tmp_path / "c1.wav"),
         3.0,
-        good["turns"][:1],
+        [{"speaker": "caller", "start": 0.0, "end": 1.0, "text": "喂"}],
     )
-    assert call.to_json()["scene"] is None and call.gold("fraud") == FRAUD
+    assert call.to_json()["scene"] is None and call.gold("fraud") == FRAUD  # a fraud type implies a fraud call
+
+
+def test_prepare_rejects_what_the_readers_refuse_with_the_same_reason(tmp_path):
+    """prepare and the call readers share one parser: each bad record is a reject row with the reader's reason."""
+    path = tmp_path / "meta.jsonl"
+    path.write_text("".join(json.dumps(GOOD_CALL | change) + "\n" for change, _ in BAD_CALLS), encoding="utf-8")
+    summary = prepare([path], tmp_path / "out", Options(progress=False))
+    rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert [r["row"] for r in rejects] == list(range(1, len(BAD_CALLS) + 1))
+    for reject, (change, reason) in zip(rejects, BAD_CALLS, strict=True):
+        assert reject["reason"].startswith(reason), (change, reject)
+        one = tmp_path / "one.jsonl"
+        one.write_text(json.dumps(GOOD_CALL | change) + "\n", encoding="utf-8")
+        with pytest.raises(RowError) as caught:
+            load_calls(one)
+        assert str(caught.value) == f"{one}:1: {reject['reason']}"
+    assert summary["records_rejected"] == len(BAD_CALLS)

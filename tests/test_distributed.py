@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import ROOT
-from tests.recipe_support import DIST_ENV, free_port
+from tests.helpers.cli import ROOT
+from tests.helpers.recipe_support import DIST_ENV, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.recipe]
 

@@ -9,6 +9,7 @@ import pytest
 
 from prompt import FRAUD, FRAUD_TYPES, NORMAL, SCENES, build_messages, format_answer, get_prompt
 from safe_qaq import evaluate
+from tests.helpers import engines as helpers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,32 +21,18 @@ def task_of_request(row: dict) -> str:
     )
 
 
-class FakeEngine:
+def offline_answer(row: dict, **_) -> str:
     """Says fraud to every fraud question, a fixed type to type questions, garbage to scene questions."""
+    task = task_of_request(row)
+    if task == "scene":
+        return "I think this is 外卖服务"  # names a scene, but not in the answer format
+    if task == "fraud":
+        return format_answer("fraud", FRAUD, think="转账 验证码")
+    return format_answer("fraud_type", FRAUD_TYPES[0])
 
-    def __init__(self, fail_after_calls: int | None = None):
-        self.calls = 0
-        self.rows_seen = 0
-        self.fail_after_calls = fail_after_calls
-        self.sampling: list[dict] = []
 
-    def generate(self, rows, *, n=1, **sampling):
-        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
-            raise KeyboardInterrupt("killed")
-        self.calls += 1
-        self.sampling.append(sampling)
-        self.rows_seen += len(rows)
-        out = []
-        for row in rows:
-            task = task_of_request(row)
-            if task == "scene":
-                text = "I think this is 外卖服务"  # names a scene, but not in the answer format
-            elif task == "fraud":
-                text = format_answer("fraud", FRAUD, think="转账 验证码")
-            else:
-                text = format_answer("fraud_type", FRAUD_TYPES[0])
-            out.append([text] * n)
-        return out
+def FakeEngine(fail_after_calls: int | None = None) -> helpers.FakeEngine:
+    return helpers.FakeEngine(offline_answer, fail_after_calls=fail_after_calls)
 
 
 def make_rows() -> list[dict]:
@@ -69,7 +56,7 @@ def test_predictions_carry_prediction_and_answer_and_resume(tmp_path):
         f.write('{"index": 4, "key": "trunc')  # and a line cut short
     engine = FakeEngine()
     records = evaluate.generate_predictions(engine, rows, path, batch_size=2, progress=False)
-    assert engine.rows_seen == 1  # only the missing row was generated
+    assert len(engine.requests) == 1  # only the missing row was generated
     assert [r["index"] for r in records] == list(range(5))
     assert [json.loads(x)["index"] for x in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
     for rec, row in zip(records, rows, strict=True):
@@ -87,7 +74,7 @@ def test_sft_rows_are_asked_without_their_target():
 
 def toy_calls_files(tmp_path: Path) -> tuple[Path, Path]:
     def call(cid, label, words):
-        turns = [{"speaker": "a", "start": 0, "end": 1, "text": words}]
+        turns = [{"speaker": "caller", "start": 0, "end": 1, "text": words}]
         return {"id": cid, "audio": "x.wav", "duration": 1.0, "scene": SCENES[0], "label": label, "turns": turns}
 
     train = [call(f"t{i}", FRAUD if i % 2 else NORMAL, "转账验证码" if i % 2 else "外卖到了") for i in range(6)]

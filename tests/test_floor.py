@@ -15,10 +15,10 @@ FRAUD_WORDS = "请把钱转到安全账户，验证码告诉我，否则冻结"
 NORMAL_WORDS = "您的外卖到了，放在门口，祝您用餐愉快"
 
 
-def call(i: int, label: str, scene: str, fraud_type: str | None, words: str) -> dict:
+def call(i: int, label: str, scene: str | None, fraud_type: str | None, words: str) -> dict:
     turns = [
-        {"speaker": "a", "start": 0.0, "end": 2.0, "text": words},
-        {"speaker": "b", "start": 2.0, "end": 3.0, "text": f"好的{i}"},
+        {"speaker": "caller", "start": 0.0, "end": 2.0, "text": words},
+        {"speaker": "callee", "start": 2.0, "end": 3.0, "text": f"好的{i}"},
     ]
     rec = {"id": f"c{i}", "audio": f"audio/c{i}.wav", "duration": 3.0, "scene": scene, "label": label}
     return rec | {"fraud_type": fraud_type, "turns": turns}
@@ -48,7 +48,8 @@ def test_separable_toy_calls_are_perfect():
 
 
 def test_keep_restricts_to_evaluated_pairs_and_unknown_labels_are_skipped():
-    test = as_calls([*toy_calls(100), call(999, NORMAL, "不存在的场景", None, NORMAL_WORDS)])
+    # a call without a scene (the strict parser refuses an unknown one): scored on the fraud task only
+    test = as_calls([*toy_calls(100), call(999, NORMAL, None, None, NORMAL_WORDS)])
     keep = {("c100", "fraud"), ("c110", "scene")}
     samples = floor.floor_samples(as_calls(toy_calls()), test, keep=keep)
     assert {(s.call_id, s.task) for s in samples} == keep

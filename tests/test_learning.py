@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from prompt import question_of
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.helpers.cli import ROOT, run_cli, write_jsonl
 
 PLUGIN = str(ROOT / "safe_qaq" / "qwen2_audio_template.py")
 TEMPLATE = ["--template", "qwen2_audio_expanded", "--external_plugins", PLUGIN]

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prompt import AUDIO_TAG, FRAUD, LATE_STAGE, NORMAL, SCENES, format_answer, get_prompt
+from prompt import AUDIO_TAG, FRAUD, LATE_STAGE, NORMAL, SCENES, get_prompt
 from safe_qaq import live
 from safe_qaq.calls import turn_boundaries_ms
+from tests.helpers.engines import listener_engine
 
 SR = 16000
 
@@ -26,36 +27,10 @@ def audio_seconds(paths: list[str]) -> float:
     return sum(sf.info(p).frames for p in paths) / SR
 
 
-class ScriptedModel:
-    """Answers null until it has heard ``decide_after_s`` of audio, then ``label`` with confidence ``conf``.
-
-    Same interface as :class:`safe_qaq.engine.Engine`.  Records every request.
-    """
-
-    def __init__(self, label=FRAUD, decide_after_s=3.5, conf=0.9, early_conf=0.3, garbage_before=False):
-        self.label, self.decide_after_s, self.conf, self.early_conf = label, decide_after_s, conf, early_conf
-        self.garbage_before = garbage_before
-        self.requests: list[dict] = []
-        self.sampling: list[dict] = []
-
-    def generate(self, rows, *, n=1, **sampling):
-        self.sampling.append(sampling)
-        out = []
-        for row in rows:
-            self.requests.append(row)
-            last = row["messages"][-1]["content"]
-            task = next(t for t in ("scene", "fraud", "fraud_type") if last.endswith(get_prompt(t, "realtime")))
-            heard = audio_seconds(row["audios"])
-            if task == "scene":
-                text = format_answer("scene", SCENES[0], mode="realtime", stage=LATE_STAGE, confidence=0.99)
-            elif heard >= self.decide_after_s:
-                text = format_answer(task, self.label, mode="realtime", stage=LATE_STAGE, confidence=self.conf)
-            elif self.garbage_before:
-                text = "<think>hmm</think> not sure"
-            else:
-                text = format_answer(task, None, mode="realtime", stage="early_stage", confidence=self.early_conf)
-            out.append([text] * n)
-        return out
+def ScriptedModel(label=FRAUD, decide_after_s=3.5, conf=0.9, early_conf=0.3, garbage_before=False):
+    """Answers null until it has heard ``decide_after_s`` of audio, then ``label`` with confidence ``conf``."""
+    return listener_engine(label, decide_after_s, conf=conf, early_conf=early_conf, scene_conf=0.99,
+                           garbage_before=garbage_before, reasons=False)  # fmt: skip
 
 
 @pytest.fixture
@@ -192,9 +167,9 @@ def _calls_file(tmp_path: Path) -> Path:
     for i, (label, sec) in enumerate([(FRAUD, 5.0), (NORMAL, 5.0), (FRAUD, 7.0)]):
         write_wav(tmp_path / "audio" / f"k{i}.wav", sec, seed=i)
         turns = [
-            {"speaker": "a", "start": 0.1, "end": 1.9, "text": "喂"},
-            {"speaker": "b", "start": 2.1, "end": 3.9, "text": "嗯"},
-            {"speaker": "a", "start": 4.1, "end": 4.8, "text": "好"},
+            {"speaker": "caller", "start": 0.1, "end": 1.9, "text": "喂"},
+            {"speaker": "callee", "start": 2.1, "end": 3.9, "text": "嗯"},
+            {"speaker": "caller", "start": 4.1, "end": 4.8, "text": "好"},
         ]
         recs.append({"id": f"k{i}", "audio": f"audio/k{i}.wav", "duration": sec, "scene": SCENES[1], "label": label})
         recs[-1] |= {"fraud_type": None, "turns": turns}

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from safe_qaq import recipe, stages
 from safe_qaq.jsonl import read_jsonl
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TRAINED = [stage.run_dir for stage in stages.TRAINING]
 

@@ -16,17 +16,12 @@ from hypothesis import strategies as st
 import prompt
 from safe_qaq import audio as audio_utils
 from safe_qaq.answer import parse_answer
-from safe_qaq.calls import chunk_bounds
+from safe_qaq.calls import Call, chunk_bounds, plan_prefixes, stage_of
 from safe_qaq.jsonl import read_jsonl
-from safe_qaq.prepare import (
-    Options,
-    main,
-    parse_reference_answer,
-    plan_prefixes,
-    prepare,
-    split_calls,
-    stage_of,
-)
+from safe_qaq.prepare import Options, main, prepare
+from safe_qaq.prepare.records import parse_reference_answer
+from safe_qaq.prepare.rows import split_calls
+from tests.helpers.prepare_inputs import GOOD_AUDIO, fixture_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_META = ROOT / "data" / "calls" / "metadata.jsonl"
@@ -200,11 +195,7 @@ def test_split_by_call(bundled, metadata):
 
 
 def test_split_deterministic():
-    class Fake:
-        def __init__(self, i):
-            self.call_id, self.label = f"c{i:03d}", prompt.FRAUD_LABELS[i % 2]
-
-    calls = [Fake(i) for i in range(40)]
+    calls = [Call(call_id=f"c{i:03d}", audio=f"/c{i}.wav", label=prompt.FRAUD_LABELS[i % 2]) for i in range(40)]
     assert split_calls(calls, 0.25, 0) == split_calls(list(reversed(calls)), 0.25, 0)
     assert split_calls(calls, 0.25, 0) != split_calls(calls, 0.25, 1)
     one = split_calls(calls, 0.25, 0)
@@ -321,24 +312,6 @@ def test_parse_reference_answer():
 # Bad input: every bad row is rejected with its file, row and reason; good rows stay
 # ---------------------------------------------------------------------------
 
-GOOD_AUDIO = sorted((FIXTURE / "audio").glob("*.wav"))
-
-
-def _good_rows() -> list[dict]:
-    rows = []
-    for i, path in enumerate(GOOD_AUDIO):
-        fraud = i % 2 == 1
-        rows.append(
-            {
-                "id": f"good_{i}",
-                "audio": str(path),
-                "scene": prompt.SCENES[i],
-                "label": prompt.FRAUD if fraud else prompt.NORMAL,
-                "fraud_type": prompt.FRAUD_TYPES[i] if fraud else None,
-            }
-        )
-    return rows
-
 
 def _write_bad(kind: str, folder: Path) -> tuple[str, str]:
     """One bad metadata line of ``kind``; returns (line, expected reject code)."""
@@ -405,7 +378,7 @@ BAD_KINDS = (
 def test_bad_row_is_rejected_with_reason(kind, tmp_path, capsys):
     bad_line, code = _write_bad(kind, tmp_path)
     meta = tmp_path / "meta.jsonl"
-    lines = [json.dumps(r, ensure_ascii=False) for r in _good_rows()]
+    lines = [json.dumps(r, ensure_ascii=False) for r in fixture_rows()]
     lines.insert(2, bad_line)  # the bad row is line 3
     meta.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
@@ -444,7 +417,7 @@ def test_bad_row_is_rejected_with_reason(kind, tmp_path, capsys):
 def test_rejected_audio_rejects_every_record_of_the_call(tmp_path):
     bad_line, _ = _write_bad("turns_past_end", tmp_path)
     meta = tmp_path / "meta.jsonl"
-    meta.write_text("\n".join([*(json.dumps(r) for r in _good_rows()), bad_line]) + "\n", encoding="utf-8")
+    meta.write_text("\n".join([*(json.dumps(r) for r in fixture_rows()), bad_line]) + "\n", encoding="utf-8")
     summary = prepare([meta], tmp_path / "out", QUIET)
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
     assert {(r["row"], r["code"]) for r in rejects} == {(3, "turns"), (5, "turns")}

@@ -22,7 +22,7 @@ import soundfile as sf
 import prompt
 from safe_qaq.jsonl import read_jsonl
 from safe_qaq.prepare import Options, main, prepare
-from tests.test_prepare import GOOD_AUDIO, _good_rows
+from tests.helpers.prepare_inputs import GOOD_AUDIO, fixture_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TURNS = [{"speaker": "caller", "start": 0.2, "end": 1.5, "text": "喂"}]
@@ -30,7 +30,7 @@ TURNS = [{"speaker": "caller", "start": 0.2, "end": 1.5, "text": "喂"}]
 
 def good_rows() -> list[dict]:
     """test_prepare's good fixture rows, each with its duration and turns (the merge checks compare them)."""
-    return [{**row, "duration": round(sf.info(row["audio"]).duration, 3), "turns": TURNS} for row in _good_rows()]
+    return [{**row, "duration": round(sf.info(row["audio"]).duration, 3), "turns": TURNS} for row in fixture_rows()]
 
 
 def line(obj: dict) -> bytes:

@@ -3,8 +3,8 @@
 The stage scripts run for real with stand-in `swift`/`python` executables that record each command, for the
 default launch, vLLM server mode, two nodes, sampler shards and a resumed stage. Every recorded `swift` command
 is then parsed by ms-swift 4.6's own argument classes, under torchrun with the world size it would run with,
-against a config-only Qwen2-Audio-7B-Instruct (tests/recipe_support.py). The tests assert what ms-swift does
-not check itself. The only stubs are GPU-only checks, named in tests/recipe_parse.py's STUBS.
+against a config-only Qwen2-Audio-7B-Instruct (tests/helpers/recipe_support.py). The tests assert what ms-swift does
+not check itself. The only stubs are GPU-only checks, named in tests/helpers/recipe_parse.py's STUBS.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import swift
 
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.jsonl import read_jsonl
-from tests.recipe_support import (
+from tests.helpers.recipe_support import (
     MODEL_POSITIONS,
     UNVERIFIED,
     build_standin,
@@ -240,7 +240,7 @@ def test_audios_per_row_limit_is_the_one_setting(recipe):
     assert recipe.args(deploy)["infer_backend"] == "vllm" and recipe.args(deploy)["served_model_name"] == "safe-qaq"
 
 
-def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch):
+def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch, tmp_path):
     """safe_qaq.engine's vLLM backend (sampling, evaluation). Stub: the vLLM engine itself (GPU only)."""
     import swift.infer_engine
 
@@ -254,7 +254,8 @@ def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch):
 
     # Set in the lazy module's namespace: reading the real attribute first would import vLLM.
     monkeypatch.setitem(vars(swift.infer_engine), "VllmEngine", RecordingVllmEngine)
-    make_engine("some-model", backend="vllm")
+    (tmp_path / "config.json").write_text("{}")  # a model folder: make_engine refuses a name that is no folder
+    make_engine(str(tmp_path), backend="vllm")
     assert seen["limit_mm_per_prompt"] == {"audio": MAX_AUDIOS_PER_ROW}
 
 

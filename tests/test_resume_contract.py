@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from fake_engines import CHILD, EchoEngine, ListenerEngine
 
 import prompt
 from safe_qaq import evaluate, jsonl, live, sample
+from tests.helpers.engines import CHILD, echo_engine, listener_engine
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 def lines_of(path: Path) -> list[dict]:
@@ -147,7 +146,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 def echo(monkeypatch):
     import safe_qaq.engine
 
-    engine = EchoEngine()
+    engine = echo_engine()
     monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *args, **kwargs: engine)
     return engine
 
@@ -264,7 +263,7 @@ def calls_file(folder: Path, seconds=(2.0, 4.0, 6.0, 8.0, 10.0)) -> Path:
 def listener(monkeypatch):
     import safe_qaq.engine
 
-    engine = ListenerEngine(decide_after_s=3.5)
+    engine = listener_engine(decide_after_s=3.5)
     monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *args, **kwargs: engine)
     return engine
 
@@ -340,7 +339,7 @@ def test_live_eval_passes_every_sampling_setting(tmp_path, listener):
 def sample_echo(monkeypatch):
     import safe_qaq.engine
 
-    engine = EchoEngine()
+    engine = echo_engine()
     monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *args, **kwargs: engine)
     return engine
 
@@ -390,7 +389,7 @@ def test_sample_smaller_limit_reuses_and_larger_continues(tmp_path, sample_echo,
 
 def kill_after(command: list[str], path: Path, lines: int, cwd: Path) -> int:
     """Start the CLI in a child with a slow fake engine; SIGKILL it once ``path`` has ``lines`` complete lines."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     with open(cwd / "child.log", "w") as log:  # a file, not a pipe: a full pipe would stall the child
         child = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -430,7 +429,7 @@ def test_evaluate_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, echo)
 def test_live_eval_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     import safe_qaq.engine
 
-    monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *args, **kwargs: ListenerEngine())
+    monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *args, **kwargs: listener_engine())
     calls = calls_file(tmp_path, seconds=(2.0, 4.0, 6.0, 8.0, 10.0, 12.0))
     argv = ["eval", "--model", "m1", "--calls", str(calls), "--hop", "2", "--no-history", "--batch-size", "1"]
     assert live.main([*argv, "--quiet", "--out", str(tmp_path / "whole")]) == 0

@@ -12,6 +12,7 @@ import pytest
 
 import prompt
 from safe_qaq import sample
+from tests.helpers.engines import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,22 +80,20 @@ def test_recover_stops_at_garbage_and_multibyte_cut(tmp_path):
 # --- the CLI with a fake engine: resume, settings, overwrite ------------------------------------------
 
 
-class FakeEngine:
+def seeded_answer(row: dict, *, index: int, k: int, sampling: dict) -> str:
     """Deterministic completions, seeded per request as vLLM does (seed + position in the call)."""
+    return f"{row['call_id']}/{k}/seed {sampling['seed'] + index}"
 
-    def __init__(self):
-        self.asked: list[str] = []
 
-    def generate(self, rows, *, n, seed, **kwargs):
-        self.asked += [row["call_id"] for row in rows]
-        return [[f"{row['call_id']}/{k}/seed {seed + j}" for k in range(n)] for j, row in enumerate(rows)]
+def asked(engine: FakeEngine) -> list[str]:
+    return [row["call_id"] for row in engine.requests]
 
 
 @pytest.fixture
 def fake_engine(monkeypatch):
     import safe_qaq.engine
 
-    engine = FakeEngine()
+    engine = FakeEngine(seeded_answer)
     monkeypatch.setattr(safe_qaq.engine, "make_engine", lambda *a, **kw: engine)
     return engine
 
@@ -154,14 +153,14 @@ def test_resume_generates_only_missing_prompts(tmp_path, fake_engine, capsys):
     data = out.read_bytes()
     lines = data.splitlines(keepends=True)
     out.write_bytes(b"".join(lines[:10]) + lines[10][:25])
-    fake_engine.asked.clear()
+    fake_engine.requests.clear()
     assert cli(tmp_path) == 0
-    assert fake_engine.asked == ["call_3", "call_4"]
+    assert asked(fake_engine) == ["call_3", "call_4"]
     assert "3 already sampled, 2 to go" in capsys.readouterr().out
     assert check_output(out, rows, 3) == first  # prompt i still gets seed + i: the same file
     assert out.read_bytes() == data
-    fake_engine.asked.clear()
-    assert cli(tmp_path) == 0 and fake_engine.asked == []  # nothing left to do
+    fake_engine.requests.clear()
+    assert cli(tmp_path) == 0 and asked(fake_engine) == []  # nothing left to do
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 
 from safe_qaq import recipe, stages
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 SCRIPTS = [s.script for s in stages.STAGES]
 DIST = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "PROFILE")

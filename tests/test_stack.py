@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.helpers.cli import ROOT, run_cli, write_jsonl
 
 TEMPLATE_PLUGIN = ROOT / "safe_qaq" / "qwen2_audio_template.py"
 

@@ -1,5 +1,5 @@
 """The recipe checked without a GPU: a config-only Qwen2-Audio-7B-Instruct, stand-in `swift`/`python`, and the
-parse of every recorded command with ms-swift's own argument classes (tests/recipe_parse.py)."""
+parse of every recorded command with ms-swift's own argument classes (tests/helpers/recipe_parse.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 # Qwen2-Audio-7B-Instruct's published config. The audio values and audio_token_index equal transformers'
 # Qwen2AudioConfig defaults (which describe that model); hidden size, layers, heads, kv heads and rope_theta equal
@@ -206,14 +206,14 @@ def parse_env() -> dict[str, str]:
 def launch_parse(launches: list[tuple[list[str] | None, list[dict[str, Any]]]], workdir: Path) -> list[list[dict]]:
     """Start every launch at once (a multi-node group must rendezvous) and return each rank-0 result list.
 
-    A launch is (torchrun arguments or None for a plain process, commands). Each runs tests/recipe_parse.py
+    A launch is (torchrun arguments or None for a plain process, commands). Each runs tests/helpers/recipe_parse.py
     the way `swift` runs its entry file: ``python -m torch.distributed.run <args> FILE argv``.
     """
     processes = []
     for i, (launch, commands) in enumerate(launches):
         commands_path, results_path = workdir / f"commands{i}.json", workdir / f"results{i}.json"
         commands_path.write_text(json.dumps(commands))
-        driver = [str(ROOT / "tests" / "recipe_parse.py"), str(commands_path), str(results_path)]
+        driver = [str(ROOT / "tests" / "helpers" / "recipe_parse.py"), str(commands_path), str(results_path)]
         argv = [sys.executable, *(["-m", "torch.distributed.run", *launch] if launch is not None else []), *driver]
         log = open(workdir / f"parse{i}.log", "w")  # noqa: SIM115 - closed below
         processes.append((subprocess.Popen(argv, env=parse_env(), stdout=log, stderr=subprocess.STDOUT), log))

@@ -2,7 +2,7 @@
 
 Usage (under torchrun with the command's own launch arguments, or plainly for commands swift runs without it):
 
-    python tests/recipe_parse.py COMMANDS.json RESULTS.json
+    python tests/helpers/recipe_parse.py COMMANDS.json RESULTS.json
 
 COMMANDS.json is a list of ``{"route": "rlhf"|"sft"|"export"|"rollout"|"deploy", "argv": [...]}``. Each argv goes
 through the route's pipeline class: ``SwiftPipeline._parse_args`` -- ms-swift's parser, every

@@ -1,0 +1,1 @@
+"""Code the tests share (imported by test modules; no test module imports another)."""
