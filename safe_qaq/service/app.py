@@ -428,10 +428,14 @@ class Library:
 
     def add_upload(self, data: bytes, name: str, max_seconds: float) -> dict:
         token = secrets.token_hex(8)
-        raw = self.upload_dir / f"{token}.raw"
+        suffix = Path(name).suffix.lower()
+        # soundfile picks the format from the name: keep a known audio suffix, else let it sniff the header
+        raw = self.upload_dir / f"{token}{suffix if suffix in {'.wav', '.flac', '.ogg', '.mp3'} else '.upload'}"
         raw.write_bytes(data)
         try:
             samples = decode(raw, max_seconds=max_seconds)
+        except AudioError as exc:  # name the upload, not the server's temporary file
+            raise AudioError(exc.code, str(exc).replace(str(raw), Path(name).name)) from None
         finally:
             raw.unlink(missing_ok=True)
         flac = self.upload_dir / f"{token}.flac"
