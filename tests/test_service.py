@@ -451,4 +451,7 @@ def test_sigterm_finishes_the_call_in_flight(server):
     summary = events[-1]
     assert summary["type"] == "summary" and summary["closed_by"] == "server shutting down"
     assert summary["duration_s"] < 28  # the call was cut short
-    assert server.proc.wait(timeout=60) == 0
+    # uvicorn re-raises the SIGTERM it caught once it has shut down, so the exit is "killed by SIGTERM"
+    assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
