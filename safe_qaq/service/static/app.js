@@ -120,6 +120,8 @@ function onEvent(ev) {
     drawWave();
   } else if (ev.type === "answer") {
     state.steps.push(ev); state.ends.push(ev.end_s); addRow(ev); drawWave();
+    $("status").textContent = `heard ${state.heard.toFixed(1)} s · answered to ${ev.end_s.toFixed(1)} s` +
+      (ev.waiting > 0 ? ` · ${ev.behind_s.toFixed(1)} s behind (${ev.waiting} waiting)` : " · up to date");
     if (!state.alarmAt) setBanner("idle", `Listening… round ${ev.round}: ${labelCell(ev)[0]}`);
   } else if (ev.type === "decision") {
     showDecision(ev.label, ev.time_s, ev.confidence, ev.alarm);
@@ -130,6 +132,7 @@ function onEvent(ev) {
   } else if (ev.type === "summary") {
     state.done = true; state.duration = ev.duration_s || state.duration; state.heard = ev.duration_s;
     if (!ev.decided) setBanner("idle", `No decision after the whole call (${ev.rounds_used} rounds)`);
+    $("status").textContent = `call over: ${ev.duration_s.toFixed(1)} s heard, ${ev.rounds_used} prefixes answered`;
     log(`call ${ev.call_id}: ${ev.rounds_used} rounds, lag p50 ${fmt(ev.lag_s.p50)} s, p95 ${fmt(ev.lag_s.p95)} s`);
     drawWave(); finishUi();
   }
@@ -235,7 +238,7 @@ function stopCall() {
 
 // ---------------------------------------------------------------- inspect view
 
-const inspect = { rows: [], index: 0, key: null, dir: 1 };
+const inspect = { rows: [], index: 0, key: null, dir: 1, selected: null };
 
 async function loadResultsList() {
   const list = await (await api("/api/results")).json();
@@ -249,7 +252,7 @@ async function loadResults(index) {
   const data = await (await api(`/api/results/${index}`)).json();
   inspect.rows = data.calls; inspect.index = index;
   const wrong = data.calls.filter((c) => c.correct === false).length;
-  $("results-info").textContent = `${data.calls.length} calls, ${wrong} wrong, ${data.calls.filter((c) => c.alarm && c.gold !== "fraud").length} false alarms`;
+  $("results-info").textContent = `${data.calls.length} calls, ${wrong} wrong, ${data.calls.filter((c) => c.alarm && c.gold !== "fraud").length} false alarm(s) (shaded)`;
   renderResults();
 }
 
@@ -266,7 +269,9 @@ function renderResults() {
     if (r.alarm && r.gold !== "fraud") tr.classList.add("false-alarm");
     [r.call_id, r.gold ?? "–", r.decided ? r.decision_label : "undecided", fmt(r.decision_time_s, 1), fmt(r.duration_s, 1),
       r.correct === null ? "–" : r.correct ? "yes" : "no"].forEach((v) => { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
-    tr.onclick = () => openResult(r.row);
+    tr.dataset.row = r.row;
+    if (r.row === inspect.selected) tr.classList.add("selected");
+    tr.onclick = () => { inspect.selected = r.row; renderResults(); openResult(r.row); };
     body.appendChild(tr);
   }
   document.querySelectorAll("#results-table th").forEach((th) => {
@@ -279,6 +284,7 @@ async function openResult(row) {
   try {
     const rec = await (await api(`/api/results/${inspect.index}/calls/${row}`)).json();
     state.samples = null; state.duration = rec.duration_s; state.alarmAt = null;
+    $("status").textContent = `${rec.call_id}: gold ${rec.gold ?? "unknown"}, ${rec.rounds_used} prefixes answered`;
     try {
       const blob = await (await api(`/api/results/${inspect.index}/calls/${row}/audio`)).blob();
       $("player").src = URL.createObjectURL(blob);
