@@ -31,7 +31,7 @@ KEY = "test-key-7f3a"
 # Fast settings: 8 new tokens, the fraud task alone, prefixes every 3 s when no pause is found.
 LOOP_ARGS = ["--no-history", "--max-tokens", "6", "--hop", "3"]
 SERVER_ARGS = [*LOOP_ARGS, "--idle-timeout", "3", "--max-calls", "9", "--max-frame-bytes", "32000"]
-SERVER_ARGS += ["--max-call-s", "40", "--max-upload-mb", "1"]
+SERVER_ARGS += ["--max-call-s", "20", "--max-upload-mb", "1"]
 CALLS = {c.call_id: c for c in load_calls(BUNDLED_CALLS)}
 
 
@@ -374,6 +374,16 @@ def test_too_many_calls_and_bad_http_requests(server):
         _session(server.ws, start_msg("after"), frames_of(pcm_of("call_003", 4.0)), headers=AUTH)
     )
     assert code == 1000 and events[-1]["type"] == "summary" and events[-1]["rounds_used"] == 2
+
+
+@pytest.mark.slow
+def test_a_call_over_the_length_limit_is_capped(server):
+    events, code, _ = asyncio.run(_session(server.ws, start_msg("long"), frames_of(pcm_of("call_014")), headers=AUTH))
+    [capped] = [e for e in events if e["type"] == "capped"]
+    assert capped["limit_s"] == 20.0 and "20 s limit" in capped["message"]
+    summary = events[-1]
+    assert code == 1000 and summary["type"] == "summary" and summary["capped"] is True
+    assert summary["duration_s"] == 20.0 and summary["prefix_ends"][-1] == 20.0
 
 
 def _chromium() -> tuple[str, str] | None:
