@@ -406,7 +406,9 @@ def test_page_in_headless_chromium(server, tmp_path):
     browser, driver_path = _chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    # a fake microphone (Chromium's test tone) that the page may use without a permission prompt
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -438,6 +440,20 @@ def test_page_in_headless_chromium(server, tmp_path):
         shot = tmp_path / "page.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+        # the microphone: 4 s of the fake device's tone, then "End call"
+        driver.find_element("id", "mic").click()
+        mic_heard = (
+            "const s = window.safeqaq; return s.events.some(e => e.type === 'ready' && e.call_id === 'microphone')"
+            " && s.heard >= 4"
+        )
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(mic_heard))
+        driver.find_element("id", "stop").click()
+        WebDriverWait(driver, 120).until(lambda d: d.execute_script("return window.safeqaq.done"))
+        events = driver.execute_script("return window.safeqaq.events")
+        summary = events[-1]
+        assert summary["type"] == "summary" and summary["call_id"] == "microphone" and summary["duration_s"] >= 4
+        rows = driver.find_elements("css selector", "#timeline tbody tr")
+        assert len(rows) == len([e for e in events if e["type"] == "answer"]) == summary["rounds_used"] >= 1
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == [], severe
     finally:
