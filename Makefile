@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast check-recipe lint format demo model toy data bench clean
+.PHONY: install test test-fast check-recipe lint format demo model toy data bench serve clean
 
 $(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ toy: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# The live fraud-alert service and its page on the demo's final model (docs/service.md); SERVE_ARGS go to it.
+SERVE_MODEL ?= outputs/demo/stage3_realtime/merged
+serve: $(STAMP)
+	@test -f $(SERVE_MODEL)/config.json || { echo "no model at $(SERVE_MODEL): run \`make demo\` first (or make serve SERVE_MODEL=DIR)" >&2; exit 2; }
+	$(PY) -m safe_qaq.service --model $(SERVE_MODEL) $(if $(wildcard outputs/demo/live/live_results.jsonl),--results outputs/demo/live) $(SERVE_ARGS)
 
 clean:
 	rm -rf outputs models data/prepared data/toy

@@ -1,7 +1,9 @@
 """Live-call inference: decide on a call while it is still going (docs/method.md#live-inference).
 
 The call is fed to the model as growing prefixes -- at each turn end when the turn times
-are known, else every ``--hop`` seconds -- with the real-time prompt.  A prefix whose
+are known, else at the pauses a voice-activity detector finds and every ``--hop`` seconds
+when none came (as the service does for a live stream; :mod:`safe_qaq.stream` is the loop
+both share) -- with the real-time prompt.  A prefix whose
 answer carries a label (not ``null``) with ``confidence >= --threshold`` is the decision;
 a fraud decision raises the alarm.  A ``null``, or a label below the threshold, means
 "feed more audio".  A call heard to the end without such an answer stays undecided.
@@ -32,15 +34,13 @@ import argparse
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prompt import FRAUD, NORMAL, TASKS, build_messages
-from safe_qaq.answer import parse_answer
+from prompt import FRAUD, NORMAL, TASKS
 from safe_qaq.audio import (
     MAX_AUDIO_SECONDS,
     MAX_AUDIOS_PER_ROW,
@@ -70,6 +70,21 @@ from safe_qaq.jsonl import (
     read_output,
 )
 from safe_qaq.metrics import sample_from_label, task_metrics
+from safe_qaq.stream import (
+    DEFAULT_PAUSE_S,
+    CallLog,
+    Prefix,
+    answer_prefixes,
+    call_result,
+    confidence_of,
+    is_alarm,
+    make_step,
+    plan_file,
+    read_step,
+    round_chain,
+)
+
+__all__ = ["confidence_of", "is_alarm", "read_step"]  # the decision rule, re-exported from safe_qaq.stream
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -154,36 +169,6 @@ def prefix_ends(duration_s: float, *, hop_s: float = 5.0, turns: Sequence[dict] 
 # ---------------------------------------------------------------------------
 
 
-def confidence_of(parsed) -> float | None:
-    """The answer's confidence when it is a finite number (booleans are not numbers here)."""
-    value = parsed.obj.get("confidence") if parsed.obj is not None else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def read_step(text: str, task: str, threshold: float) -> dict:
-    """What one real-time answer says: stage, label (None for null/unusable), confidence, decided."""
-    parsed = parse_answer(text)
-    label = parsed.prediction(task)
-    confidence = confidence_of(parsed)
-    stage = parsed.stage()
-    decided = label is not None and (threshold <= 0 or (confidence is not None and confidence >= threshold))
-    return {
-        "stage": stage if isinstance(stage, str) else None,
-        "label": label,
-        "null": parsed.label(task) is None,  # an explicit null ("not enough audio yet"), not a failure
-        "confidence": confidence,
-        "decided": decided,
-        "format_error": parsed.schema_error(task),
-    }
-
-
-def is_alarm(task: str, label: str | None) -> bool:
-    """A decision that should alert the user: fraud, or any fraud type."""
-    return label is not None and (label == FRAUD if task == "fraud" else task == "fraud_type")
-
-
 @dataclass
 class LiveCall:
     """One call to walk through: audio, optional turn times (for turn-end prefixes) and gold label."""
@@ -197,70 +182,67 @@ class LiveCall:
 @dataclass
 class _State:
     call: LiveCall
-    ends: list[float]  # seconds, as reported
-    duration: float
-    ends_ms: list[int] = field(default_factory=list)
-    splits_ms: list[int] = field(default_factory=list)  # the call's pauses: where its chunks split
+    prefixes: list[Prefix]
+    log: CallLog
     next: int = 0
-    steps: list[dict] = field(default_factory=list)
     done: bool = False
 
 
-def _chain(task: str, history: bool) -> tuple[str, ...]:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return TASKS[: TASKS.index(task) + 1] if history else (task,)
+def prefix_rule(call: LiveCall, *, use_turns: bool = True, vad: bool = True) -> str:
+    """The rule a call's prefixes end by: its turn ends when known, else detected pauses, else every hop."""
+    if use_turns and call.turns:
+        return "turns"
+    return "vad" if vad else "hop"
 
 
-def _result(state: _State, task: str, threshold: float) -> dict:
-    decision = next((s for s in state.steps if s["decided"]), None)
-    label = decision["label"] if decision else None
-    gold = state.call.gold
-    return {
-        "call_id": state.call.call_id,
-        "audio": state.call.audio,
-        "task": task,
-        "gold": gold,
-        "duration_s": round(state.duration, 3),
-        "threshold": threshold,
-        "prefix_ends": state.ends,
-        "decided": decision is not None,
-        "decision_label": label,
-        "decision_confidence": decision["confidence"] if decision else None,
-        "decision_time_s": decision["end_s"] if decision else None,
-        "decision_round": decision["round"] if decision else None,
-        "rounds_used": len(state.steps),
-        "alarm": is_alarm(task, label),
-        "correct": None if gold is None else label == gold,
-        "steps": state.steps,
-    }
-
-
-def _state_of(call: LiveCall, cutter: PrefixCutter, *, hop_s: float, use_turns: bool) -> _State | None:
+def _state_of(
+    call: LiveCall,
+    cutter: PrefixCutter,
+    *,
+    hop_s: float,
+    use_turns: bool,
+    vad: bool = True,
+    pause_s: float = DEFAULT_PAUSE_S,
+    gold: str | None = None,
+) -> _State | None:
     """The prefixes to walk for one call, or None (warned about) when its audio cannot be used.
 
-    Chunks always split in the call's pauses, as training's did, also when ``use_turns`` is off
-    and the prefixes end every ``hop_s``.  Prefixes needing more than ``MAX_AUDIOS_PER_ROW``
-    chunks are not sent: no training row holds more, and the engines refuse them.
+    The planner a stream uses (:class:`safe_qaq.stream.PrefixPlanner`) is fed the whole file.
+    Chunks split in the call's pauses between turns, as training's did, also when ``use_turns``
+    is off and the prefixes end every ``hop_s`` (the ``vad`` rule splits at the pauses it finds).
+    Prefixes needing more than ``MAX_AUDIOS_PER_ROW`` chunks are not sent: no training row holds
+    more, and the engines refuse them.
     """
     try:
-        duration_ms = cutter.duration_ms(call.audio)
+        samples = cutter.audio(call.audio)
     except AudioError as exc:  # one unreadable file should not sink a test set
         print(f"warning: skipping call {call.call_id}: {exc}", file=sys.stderr)
         return None
-    splits = turn_boundaries_ms(call.turns, duration_ms)
-    ends = _prefix_ends_ms(duration_ms, hop_s=hop_s, boundaries_ms=splits if use_turns and call.turns else None)
-    fitting = [e for e in ends if len(cutter.chunks(e, splits)) <= MAX_AUDIOS_PER_ROW]
-    if len(fitting) < len(ends):
-        heard = f"the first {fitting[-1] / 1000:.1f} s" if fitting else "nothing"
+    duration_ms = samples_to_ms(len(samples))
+    rule = prefix_rule(call, use_turns=use_turns, vad=vad)
+    prefixes, capped = plan_file(
+        samples,
+        rule=rule,
+        hop_s=hop_s,
+        boundaries_ms=turn_boundaries_ms(call.turns, duration_ms),
+        pause_s=pause_s,
+        chunk_ms=cutter.chunk_ms,
+    )
+    if capped is not None:
+        heard = f"the first {capped / 1000:.1f} s" if prefixes else "nothing"
         print(
             f"warning: call {call.call_id} ({duration_ms / 1000:.1f} s) needs more than {MAX_AUDIOS_PER_ROW} "
             f"chunks of at most {cutter.chunk_ms / 1000:g} s; sending {heard} of it",
             file=sys.stderr,
         )
-        if not fitting:
+        if not prefixes:
             return None
-    return _State(call, [e / 1000 for e in fitting], duration_ms / 1000, ends_ms=fitting, splits_ms=splits)
+    ends = [p.end_s for p in prefixes]
+    return _State(call, prefixes, CallLog(call.call_id, call.audio, call.gold, duration_ms / 1000, ends))
+
+
+def _result(state: _State, task: str, threshold: float) -> dict:
+    return call_result(state.log, task, threshold)
 
 
 def run_live(
@@ -271,6 +253,8 @@ def run_live(
     threshold: float = 0.8,
     hop_s: float = 5.0,
     use_turns: bool = True,
+    vad: bool = True,
+    pause_s: float = DEFAULT_PAUSE_S,
     history: bool = True,
     max_rounds: int | None = None,
     cache_dir: str | Path = "outputs/live_cache",
@@ -284,48 +268,30 @@ def run_live(
 
     Calls advance in lockstep -- round k of every undecided call goes to the engine as one
     batch -- so a vLLM engine or a deployment stays busy.  Returns one result per call
-    (``_result``), in input order, less calls whose audio cannot be read (warned about);
-    ``on_result`` sees each as soon as its call finishes.
+    (:func:`safe_qaq.stream.call_result`), in input order, less calls whose audio cannot be read
+    (warned about); ``on_result`` sees each as soon as its call finishes.
     """
     from tqdm import tqdm
 
-    chain = _chain(task, history)
+    chain = round_chain(task, history)
     cutter = PrefixCutter(cache_dir, chunk_s)
     states = []
     for call in calls:
-        state = _state_of(call, cutter, hop_s=hop_s, use_turns=use_turns)
+        state = _state_of(call, cutter, hop_s=hop_s, use_turns=use_turns, vad=vad, pause_s=pause_s)
         if state is not None:
             states.append(state)
     bar = tqdm(total=len(states), desc="live", unit="call", disable=not progress)
     active = list(states)
     while active:
-        audios = [cutter.prefix_ms(s.call.audio, s.ends_ms[s.next], s.splits_ms) for s in active]
-        carried: list[list[tuple[str, str]]] = [[] for _ in active]
-        latency = [0.0] * len(active)
-        for round_task in chain:
-            requests = [
-                {
-                    "messages": build_messages(round_task, mode="realtime", n_audios=len(a), history=h),
-                    "audios": a,
-                }
-                for a, h in zip(audios, carried, strict=True)
-            ]
-            for lo in range(0, len(requests), batch_size):
-                start = time.perf_counter()
-                outs = engine.generate(requests[lo : lo + batch_size], n=1, **sampling.as_kwargs())
-                elapsed = time.perf_counter() - start
-                for i, texts in enumerate(outs, start=lo):
-                    carried[i].append((round_task, texts[0] if texts else ""))
-                    latency[i] += elapsed
-        for state, answers, lat in zip(active, carried, latency, strict=True):
-            text = answers[-1][1]
-            step = {"round": state.next + 1, "end_s": state.ends[state.next], **read_step(text, task, threshold)}
-            step["latency_s"] = round(lat, 4)
-            step["text"] = text
-            if len(answers) > 1:
-                step["history"] = [{"task": t, "text": x} for t, x in answers[:-1]]
-            state.steps.append(step)
-            last = state.next + 1 >= len(state.ends) or (max_rounds is not None and len(state.steps) >= max_rounds)
+        audios = [
+            cutter.prefix_ms(s.call.audio, s.prefixes[s.next].end_ms, s.prefixes[s.next].splits_ms) for s in active
+        ]
+        answered = answer_prefixes(engine, audios, chain, sampling=sampling, batch_size=batch_size)
+        for state, (answers, lat) in zip(active, answered, strict=True):
+            step = make_step(state.next + 1, state.log.ends[state.next], answers, lat, task, threshold)
+            state.log.steps.append(step)
+            steps = len(state.log.steps)
+            last = state.next + 1 >= len(state.prefixes) or (max_rounds is not None and steps >= max_rounds)
             if step["decided"] or last:
                 state.done = True
                 if on_result:
@@ -493,7 +459,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, default="fraud")
     p.add_argument("--threshold", type=float, default=0.8, help="decide at the first non-null label this confident")
     p.add_argument("--hop", type=float, default=5.0, help="seconds between prefixes when turn times are unknown")
-    p.add_argument("--no-turns", action="store_true", help="cut every --hop seconds even when turn times are known")
+    p.add_argument(
+        "--no-turns", action="store_true", help="ignore known turn times: cut as for a stream (pauses, else --hop)"
+    )
+    p.add_argument("--no-vad", action="store_true", help="without turn times, cut every --hop s, not at pauses")
+    p.add_argument(
+        "--pause", type=float, default=DEFAULT_PAUSE_S, help="seconds of non-speech the detector calls a pause"
+    )
     p.add_argument("--no-history", action="store_true", help="ask the target task alone, without the earlier rounds")
     p.add_argument("--max-rounds", type=int, default=None)
     p.add_argument("--chunk-s", type=float, default=MAX_AUDIO_SECONDS, help="longest audio chunk per <audio>")
@@ -508,6 +480,8 @@ def _run_kwargs(args) -> dict:
         "threshold": args.threshold,
         "hop_s": args.hop,
         "use_turns": not args.no_turns,
+        "vad": not args.no_vad,
+        "pause_s": args.pause,
         "history": not args.no_history,
         "max_rounds": args.max_rounds,
         "chunk_s": args.chunk_s,
@@ -638,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     call = sub.add_parser("call", help="walk one call through its prefixes and print the timeline")
     _common(call)
     src = call.add_mutually_exclusive_group(required=True)
-    src.add_argument("--audio", help="audio file (prefixes every --hop seconds)")
+    src.add_argument("--audio", help="audio file (prefixes at detected pauses, else every --hop seconds)")
     src.add_argument("--calls", help="metadata-format jsonl holding --call-id (turn-end prefixes, gold label)")
     call.add_argument("--call-id")
     call.add_argument("--out", help="result JSON")
@@ -656,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calls needs --call-id")
     if args.batch_size < 1 or args.hop <= 0 or args.chunk_s <= 0 or (args.max_rounds or 1) < 1:
         parser.error("--batch-size and --max-rounds must be >= 1, --hop and --chunk-s > 0")
+    if not args.pause > 0:
+        parser.error(f"--pause must be > 0 seconds, got {args.pause}")
     if getattr(args, "limit", None) is not None and args.limit < 0:
         parser.error("--limit must be >= 0")
     try:

@@ -199,3 +199,24 @@ def test_cli_eval_resumes_and_call_prints_timeline(tmp_path, monkeypatch, capsys
     text = capsys.readouterr().out
     assert "decision after 4.0 s (2 rounds): fraud -> ALARM" in text and "gold: normal" in text
     assert png.exists() and json.loads((tmp_path / "r.json").read_text())["decision_round"] == 2
+
+
+def test_without_turns_prefixes_end_at_detected_pauses(tmp_path):
+    """A file without turn times is cut where a stream of it would be: at webrtcvad pauses, else every hop."""
+    from safe_qaq.audio import decode
+    from safe_qaq.calls import load_calls
+    from safe_qaq.stream import plan_file
+    from tests.conftest import BUNDLED_CALLS
+
+    audio = load_calls(BUNDLED_CALLS)[0].audio
+    samples = decode(audio)
+    model = ScriptedModel(FRAUD, decide_after_s=1000)
+    [res] = live.run_live(model, [live.LiveCall("c", audio)], hop_s=4.0, cache_dir=tmp_path / "c", history=False)
+    planned, _ = plan_file(samples, rule="vad", hop_s=4.0)
+    assert res["prefix_ends"] == [p.end_s for p in planned]
+    hop = [4.0 * k for k in range(1, 6)] + [len(samples) // 16 / 1000]
+    assert res["prefix_ends"] != hop and max(np.diff([0, *res["prefix_ends"]])) <= 4.0
+    # each prefix heard exactly its length
+    assert [audio_seconds(r["audios"]) for r in model.requests] == pytest.approx(res["prefix_ends"], abs=1e-3)
+    [res] = live.run_live(model, [live.LiveCall("c", audio)], hop_s=4.0, vad=False, cache_dir=tmp_path / "c")
+    assert res["prefix_ends"] == hop
