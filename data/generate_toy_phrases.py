@@ -31,7 +31,7 @@ import soundfile as sf
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from generate_sample_calls import SAMPLE_RATE, TELEPHONE_BAND, VOICES, synthesise  # noqa: E402
 
-from safe_qaq.toy_data import PHRASES, phrase_file  # noqa: E402
+from safe_qaq.toy.data import PHRASES, phrase_file  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "toy_phrases"
 

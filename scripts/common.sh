@@ -29,8 +29,9 @@ case "$PROFILE" in
         : "${SAMPLE_BACKEND:=vllm}" "${DATALOADER_WORKERS:=4}"
         ;;
     smoke | toy)
-        # CPU, fp32, one process, no vLLM or DeepSpeed, from the warm base (it knows the answer formats).
-        : "${MODEL:=$WARM_MODEL}" "${DTYPE:=float32}" "${USE_VLLM:=false}" "${DEEPSPEED=}"
+        # CPU, fp32, one process, no vLLM or DeepSpeed, from the committed warm base (safe_qaq/toy/warm_start.py,
+        # `make model`): it knows the answer formats and hears part of the toy task.
+        : "${MODEL:=$ROOT/data/warm_base/tiny-qwen2-audio-warm}" "${DTYPE:=float32}" "${USE_VLLM:=false}" "${DEEPSPEED=}"
         : "${SAMPLE_BACKEND:=pt}" "${DATALOADER_WORKERS:=0}"
         if [ "$PROFILE" = "smoke" ]; then
             # The demo: a few steps of 2 prompts per stage, 8 prompts sampled. Half the toy's GRPO rate: at 1e-3 two

@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 if [ -x "$ROOT/.venv/bin/python" ]; then export PATH="$ROOT/.venv/bin:$PATH"; fi
 export PROFILE=smoke
-export MODEL="${MODEL:-$ROOT/models/tiny-qwen2-audio-warm}"
+export MODEL="${MODEL:-$ROOT/data/warm_base/tiny-qwen2-audio-warm}"
 export DATA_DIR="${DATA_DIR:-$ROOT/data/prepared}"
 export OUTPUT_ROOT="${OUTPUT_ROOT:-$ROOT/outputs/demo}"
 EVAL_LIMIT="${EVAL_LIMIT:-}"
@@ -23,8 +23,8 @@ STEP_SHOW_LOG=1
 
 echo "SAFE-QAQ demo: the warm-started tiny Qwen2-Audio, bundled calls, CPU. A few steps a stage: the curves move,"
 echo "the scores are not a fraud detector's."
-if [ "$MODEL" = "$ROOT/models/tiny-qwen2-audio-warm" ]; then
-    step 0-warm-base python -m safe_qaq.warm_start  # minutes the first time, then reused (`make model`)
+if [ "$MODEL" = "$ROOT/data/warm_base/tiny-qwen2-audio-warm" ]; then
+    step 0-warm-base python -m safe_qaq.toy.warm_start --check  # the committed base, up to date (`make model`)
 fi
 step 0-prepare-data python -m safe_qaq.prepare --input data/calls/metadata.jsonl --out "$DATA_DIR"
 step 1-grpo-stage1 bash run_swift_grpo_stage1.sh
