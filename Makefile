@@ -40,7 +40,8 @@ format: $(STAMP)
 model: $(STAMP)
 	$(PY) -m safe_qaq.toy.warm_start
 
-# The toy reproduction: every stage on synthetic calls, measured, the paper's claims checked (~20 min on 2 cores).
+# The toy reproduction from the committed warm base: every stage on synthetic calls, measured on held-out calls, the
+# paper's claims checked (docs/toy.md). `make toy FRESH_SEED=7` also measures every stage on fresh calls.
 toy: $(STAMP)
 	bash scripts/toy.sh
 

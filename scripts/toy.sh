@@ -3,7 +3,7 @@
 # (PROFILE=toy) on the toy calls, each stage's model is measured on held-out calls, and the paper's claims are
 # checked (safe_qaq/toy/measure.py). Writes outputs/toy/report.{json,md} and the curves.
 # A toy to verify the training machinery, not a fraud detector.
-# Overridable: STAGE1_STEPS, LCRL_STEPS, STAGE3_STEPS, RSFT_EPOCHS, SAMPLE_LIMIT, OUTPUT_ROOT, LIVE_CALLS,
+# Overridable: STAGE1_STEPS, LCRL_STEPS, STAGE3_STEPS, RSFT_EPOCHS, SAMPLE_LIMIT, OUTPUT_ROOT, LIVE_CALLS, MEASURE_LIMIT,
 # FRESH_SEED (also measure every stage on a fresh set of FRESH_CALLS calls from that seed: outputs/toy/fresh_seed*).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,9 +28,10 @@ mkdir -p "$LOGS"
 toy_start=$(date +%s)
 
 source "$ROOT/scripts/step.sh"
+MEASURE_LIMIT="${MEASURE_LIMIT:-}"  # rows per set; only for a quick check of the script itself
 measure() {
     "$PYTHON" -m safe_qaq.toy measure --name "$1" --model "$2" --data "${3:-$DATA_DIR}" --out "${4:-$OUTPUT_ROOT}" \
-        "${@:5}"
+        ${MEASURE_LIMIT:+--limit "$MEASURE_LIMIT"} "${@:5}"
 }
 
 echo "SAFE-QAQ toy reproduction: the warm-started tiny model on synthetic calls, CPU. It verifies the machinery."

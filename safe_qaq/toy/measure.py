@@ -163,7 +163,7 @@ def null_probability(engine: Any, row: dict, text: str) -> dict[str, float] | No
     if k >= len(null_ids):
         return None
     label_tokens = {other[k] for other in label_ids if len(other) > k and common(null_ids, other) == k}
-    encoded = pt.default_template.encode(
+    encoded = pt.template.encode(
         InferRequest(messages=question_of(row["messages"]), audios=list(row.get("audios") or []))
     )
     input_ids = list(encoded["input_ids"]) + null_ids[:k]
@@ -577,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--data", required=True, help="a prepared toy set (offline_*.jsonl, realtime_*.jsonl)")
     m.add_argument("--out", required=True)
     m.add_argument("--max-tokens", type=int, default=96)
+    m.add_argument("--limit", type=int, help="at most this many rows per set (a quick check, not a measurement)")
     m.add_argument("--live", type=int, nargs="?", const=-1, default=0, metavar="N",
                    help="also walk the test calls with `safe_qaq.live eval` (all of them, or the first N)")  # fmt: skip
     r = sub.add_parser("report", help="table and claims from the measurements in --out")
@@ -586,8 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "measure":
         live_calls = None if args.live == -1 else args.live
         try:
+            rows = DEFAULT_ROWS
+            if args.limit:
+                rows = {split: {kind: min(n, args.limit) for kind, n in kinds.items()} for split, kinds in rows.items()}
             result = measure(args.model, args.name, Path(args.data), Path(args.out), max_tokens=args.max_tokens,
-                             live_calls=live_calls)  # fmt: skip
+                             live_calls=live_calls, rows_per_set=rows)  # fmt: skip
         except SystemExit as error:
             if isinstance(error.code, str):
                 print(f"error: {error.code}", file=sys.stderr)
