@@ -1,7 +1,7 @@
 """The toy reproduction's measurements: each stage's model on train and test, and the paper's claims.
 
 ``make toy`` (``scripts/toy.sh``) runs the real stage scripts with ``PROFILE=toy`` on the toy
-calls (:mod:`safe_qaq.toy_data`) and, after each stage, measures its model with this module::
+calls (:mod:`safe_qaq.toy.data`) and, after each stage, measures its model with this module::
 
     python -m safe_qaq.toy measure --model outputs/toy/stage1_grpo/merged --name stage1 --data data/toy/prepared \\
         --out outputs/toy [--live]
