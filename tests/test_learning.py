@@ -178,30 +178,32 @@ def test_merged_model_answers_like_base_plus_adapter(overfit, tmp_path):
     assert len(merged_texts) == 4 and all(t[0] for t in merged_texts)
 
 
-# The learning regression test (issue 16 item 6). A handful of toy rows (scene and fraud questions of a few calls
-# the warm base never heard), GRPO from the shipped warm base at the toy's G and temperature but a high rate, so a
-# few steps move the policy a long way; the measured quantity is the mean logged accuracy reward, last steps vs
-# first. SAFE_QAQ_BROKEN_REWARD=1 runs the broken variant (the accuracy reward negated, tests/negated_accuracy_plugin
-# .py, the real one logged at weight 0): the same assertion then fails. ~40-60 s on 2 quiet cores.
-LEARN_CALLS, LEARN_STEPS, LEARN_LR = 4, 10, "5e-3"
+# The learning regression test (issue 16 item 6). A handful of toy rows (the scene and fraud questions of a few calls
+# the warm base never heard, asked with the direct prompt, so completions are short), GRPO from the shipped warm base
+# at the toy's G and temperature but a high rate, so a few steps move the policy a long way; the measured quantity is
+# the mean logged accuracy reward, last third of the steps vs the first. SAFE_QAQ_BROKEN_REWARD=1 runs the broken
+# variant (the accuracy reward negated by tests/negated_accuracy_plugin.py, the real one logged at weight 0): the same
+# assertion then fails.
+LEARN_CALLS, LEARN_STEPS, LEARN_LR = 4, 10, "2e-3"
 ACCURACY_KEY = "rewards/AdaptiveClassification/mean"
 
 
-@pytest.fixture(scope="module")
-def learn_rows(tmp_path_factory) -> Path:
+def learning_rows(folder: Path) -> Path:
     from safe_qaq import prepare
     from safe_qaq.toy import data as toy_data
+    from safe_qaq.toy.warm_start import direct_row
 
-    folder = tmp_path_factory.mktemp("learn")
     calls = toy_data.build(folder / "calls", splits={"learn": LEARN_CALLS}, seed=1234)["learn"]
     assert prepare.main(["--input", str(calls), "--out", str(folder / "prepared"), "--test-fraction", "0",
                          "--no-progress"]) == 0  # fmt: skip
-    rows = [r for r in read_jsonl(folder / "prepared" / "offline_train.jsonl") if r["task"] in ("scene", "fraud")]
-    return write_jsonl(folder / "rows.jsonl", rows)
+    rows = [r for r in read_jsonl(folder / "prepared" / "sft_train.jsonl") if r["task"] in ("scene", "fraud")]
+    return write_jsonl(
+        folder / "rows.jsonl", [{**d, "messages": question_of(d["messages"])} for d in map(direct_row, rows)]
+    )
 
 
-def test_grpo_steps_raise_the_accuracy_reward(warm_model, learn_rows, tmp_path):
-    broken = os.environ.get("SAFE_QAQ_BROKEN_REWARD") == "1"
+def accuracy_trend(model: Path, rows: Path, out: Path, *, broken: bool) -> tuple[list[float], float, float]:
+    """GRPO from ``model`` on ``rows``; the logged accuracy reward per step, its first-third and last-third means."""
     plugins = [PLUGIN, str(ROOT / "rewards.py")]
     if broken:
         plugins.append(str(ROOT / "tests" / "negated_accuracy_plugin.py"))
@@ -210,20 +212,24 @@ def test_grpo_steps_raise_the_accuracy_reward(warm_model, learn_rows, tmp_path):
     else:
         rewards, weights_ = ["adaptive_classification", "prompt_format"], ["1", "1"]
     run_cli(
-        ["swift", "rlhf", "--rlhf_type", "grpo", "--model", str(warm_model), *COMMON[:-2], "--logging_steps", "1",
+        ["swift", "rlhf", "--rlhf_type", "grpo", "--model", str(model), *COMMON[:-2], "--logging_steps", "1",
          "--external_plugins", *plugins, "--reward_funcs", *rewards, "--reward_weights", *weights_,
-         "--tuner_type", "full", "--dataset", str(learn_rows), "--max_steps", str(LEARN_STEPS),
+         "--tuner_type", "full", "--dataset", str(rows), "--max_steps", str(LEARN_STEPS),
          "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_generations", "4",
-         "--temperature", "1.0", "--max_completion_length", "96", "--learning_rate", LEARN_LR, "--beta", "0",
+         "--temperature", "1.0", "--max_completion_length", "64", "--learning_rate", LEARN_LR, "--beta", "0",
          "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--seed", "42", "--save_steps", "1000",
-         "--save_only_model", "true", "--output_dir", str(tmp_path / "grpo")],
-        cwd=tmp_path, timeout=900,
+         "--save_only_model", "true", "--output_dir", str(out)],
+        cwd=out.parent, timeout=900,
     )  # fmt: skip
-    steps = [r for r in read_jsonl(tmp_path / "grpo" / "logging.jsonl") if ACCURACY_KEY in r]
-    accuracy = [r[ACCURACY_KEY] for r in steps]
+    accuracy = [r[ACCURACY_KEY] for r in read_jsonl(out / "logging.jsonl") if ACCURACY_KEY in r]
     third = max(1, len(accuracy) // 3)
-    first, last = sum(accuracy[:third]) / third, sum(accuracy[-third:]) / third
+    return accuracy, sum(accuracy[:third]) / third, sum(accuracy[-third:]) / third
+
+
+def test_grpo_steps_raise_the_accuracy_reward(warm_model, tmp_path):
+    broken = os.environ.get("SAFE_QAQ_BROKEN_REWARD") == "1"
+    accuracy, first, last = accuracy_trend(warm_model, learning_rows(tmp_path), tmp_path / "grpo", broken=broken)
     print(f"{'broken' if broken else 'correct'} variant: accuracy reward by step {[round(a, 2) for a in accuracy]}; "
           f"first third {first:.2f}, last third {last:.2f}")  # fmt: skip
     assert len(accuracy) == LEARN_STEPS
-    assert last >= first + 1.0, (first, last)  # the reward is in {-3, 0, 5}: one point is a fifth of the range
+    assert last >= first + 1.0, (first, last)  # the reward is in {-3, 0, 5}: one point is an eighth of the range
