@@ -404,8 +404,9 @@ def heldout_claims(measured: dict[str, dict]) -> list[dict[str, Any]]:
         gain = s1["acc_tasks_mean"] - base["acc_tasks_mean"]
         drops = {t: s1[t] - base[t] for t in tasks if s1.get(t) is not None and base.get(t) is not None}
         found.append({
-            "name": f"stage 1 GRPO raises mean test accuracy over the three tasks >= {STAGE1_GAIN:.0%} points over the "
-                    f"warm base, no task down > {STAGE1_TASK_DROP:.0%} points, format-valid >= {FORMAT_MIN:.0%}",
+            "name": "stage 1 GRPO raises mean test accuracy over the three tasks >= "
+                    f"{100 * STAGE1_GAIN:.0f} points over the "
+                    f"warm base, no task down > {100 * STAGE1_TASK_DROP:.0f} points, format-valid >= {FORMAT_MIN:.0%}",
             "held": gain >= STAGE1_GAIN - 1e-9 and all(d >= -STAGE1_TASK_DROP - 1e-9 for d in drops.values())
             and s1["format_valid"] >= FORMAT_MIN,
             "numbers": {"acc_base": base["acc_tasks_mean"], "acc_stage1": s1["acc_tasks_mean"], "gain": gain,
@@ -415,7 +416,8 @@ def heldout_claims(measured: dict[str, dict]) -> list[dict[str, Any]]:
     rsft = off["rsft"]
     if s1 and rsft:
         found.append({
-            "name": f"RSFT keeps stage 1's test accuracy (no more than {KEEP_ACC:.0%} points lower) and thinks shorter",
+            "name": f"RSFT keeps stage 1's test accuracy (no more than {100 * KEEP_ACC:.0f} points lower) "
+                    "and thinks shorter",
             "held": _below(rsft["acc_tasks_mean"], s1["acc_tasks_mean"], KEEP_ACC)
             and rsft["think_mean"] < s1["think_mean"],
             "numbers": {"acc_stage1": s1["acc_tasks_mean"], "acc_rsft": rsft["acc_tasks_mean"],
@@ -427,7 +429,7 @@ def heldout_claims(measured: dict[str, dict]) -> list[dict[str, Any]]:
         a, b = measured["rsft"]["latency_ms"], measured["lcrl"]["latency_ms"]
         found.append({
             "name": f"LCRL thinks >= {LCRL_THINK_CUT:.0%} shorter than RSFT, test accuracy no more than "
-                    f"{KEEP_ACC:.0%} points lower, greedy latency lower (SAFE-LS vs SAFE-RL)",
+                    f"{100 * KEEP_ACC:.0f} points lower, greedy latency lower (SAFE-LS vs SAFE-RL)",
             "held": lcrl["think_mean"] <= (1 - LCRL_THINK_CUT) * rsft["think_mean"]
             and _below(lcrl["acc_tasks_mean"], rsft["acc_tasks_mean"], KEEP_ACC) and b < a,
             "numbers": {"think_rsft": rsft["think_mean"], "think_lcrl": lcrl["think_mean"],
@@ -479,7 +481,8 @@ def heldout_claims(measured: dict[str, dict]) -> list[dict[str, Any]]:
     if lcrl and off["stage3"]:
         s3 = off["stage3"]
         found.append({
-            "name": f"stage 3 keeps offline test accuracy: no more than {STAGE3_ACC_DROP:.0%} points below LCRL's",
+            "name": "stage 3 keeps offline test accuracy: no more than "
+                    f"{100 * STAGE3_ACC_DROP:.0f} points below LCRL's",
             "held": _below(s3["acc_tasks_mean"], lcrl["acc_tasks_mean"], STAGE3_ACC_DROP),
             "numbers": {"acc_lcrl": lcrl["acc_tasks_mean"], "acc_stage3": s3["acc_tasks_mean"]},
         })  # fmt: skip
