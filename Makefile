@@ -35,11 +35,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The warm-started tiny base (random tiny model + toy calls + one SFT), shared by the demo and the toy; ~6 min once.
+# Rebuild the committed warm base (data/warm_base/tiny-qwen2-audio-warm: random tiny model + toy warm-up calls +
+# one curriculum SFT), shared by the demo and the toy. A fresh clone never needs it: only after changing its code.
 model: $(STAMP)
-	$(PY) -m safe_qaq.warm_start
+	$(PY) -m safe_qaq.toy.warm_start
 
-# The toy reproduction: every stage on synthetic calls, measured, the paper's claims checked (~20 min on 2 cores).
+# The toy reproduction from the committed warm base: every stage on synthetic calls, measured on held-out calls, the
+# paper's claims checked (docs/toy.md). `make toy FRESH_SEED=7` also measures every stage on fresh calls.
 toy: $(STAMP)
 	bash scripts/toy.sh
 

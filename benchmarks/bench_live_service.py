@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model
     if model is None:
-        from safe_qaq.tiny_model import build_tiny_model
+        from safe_qaq.toy.tiny_model import build_tiny_model
 
         model = str(build_tiny_model(ROOT / "outputs" / "bench_live_service" / "tiny-qwen2-audio"))
     calls = load_calls(ROOT / "data" / "calls" / "metadata.jsonl")

@@ -1,15 +1,15 @@
-"""Synthesise the toy phrase bank (espeak-ng) from which ``safe_qaq.toy_data`` assembles toy calls.
+"""Synthesise the toy phrase bank (espeak-ng) from which ``safe_qaq.toy.data`` assembles toy calls.
 
 Why: the 24 bundled calls are too few to learn anything but memorisation, and a few hundred
 calls of FLAC would not belong in the repository.  A toy *world* does: a fixed bank of short
 Chinese phrases -- greetings, one set of phrases per scene, one per fraud type, replies and
 goodbyes -- each synthesised once here and committed (0.9 MB of Ogg Vorbis).  The toy calls are
 then assembled from them at build time, seeded, with no TTS needed.  The words alone are not
-something the 0.2 M-parameter toy model learns to hear in minutes, so ``safe_qaq.toy_data`` adds
+something the 0.2 M-parameter toy model learns to hear in minutes, so ``safe_qaq.toy.data`` adds
 an audible cue per label when it assembles a call: the toy verifies the training machinery, it is
 not a fraud detector.
 
-The phrase texts are in ``safe_qaq/toy_data.py`` (``PHRASES``), the single place that says what
+The phrase texts are in ``safe_qaq/toy/data.py`` (``PHRASES``), the single place that says what
 each label's calls contain.  Rerun this only after editing them:
 
     apt-get install espeak-ng
@@ -31,7 +31,7 @@ import soundfile as sf
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from generate_sample_calls import SAMPLE_RATE, TELEPHONE_BAND, VOICES, synthesise  # noqa: E402
 
-from safe_qaq.toy_data import PHRASES, phrase_file  # noqa: E402
+from safe_qaq.toy.data import PHRASES, phrase_file  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "toy_phrases"
 

@@ -20,6 +20,7 @@ if [ ! -s "$MODEL/config.json" ]; then
     echo "no model at $MODEL: the demo starts from the shipped warm base (make model rebuilds it), or set MODEL" >&2
     exit 1
 fi
+SHIPPED="$("$PYTHON" -c 'from safe_qaq.toy.warm_start import SHIPPED; print(SHIPPED)')"
 LOGS="$OUTPUT_ROOT/logs"
 rm -rf "$OUTPUT_ROOT"  # the demo's own folder: every run starts from the base model again
 mkdir -p "$LOGS"
@@ -30,6 +31,9 @@ STEP_SHOW_LOG=1
 
 echo "SAFE-QAQ demo: the warm-started tiny Qwen2-Audio ($MODEL), bundled calls, CPU. A few steps a stage: the"
 echo "curves move, the scores are not a fraud detector's."
+if [ "$MODEL" = "$SHIPPED" ]; then
+    step 0-warm-base "$PYTHON" -m safe_qaq.toy.warm_start --check  # the shipped base, built by today's code
+fi
 step 0-prepare-data "$PYTHON" -m safe_qaq.prepare --input data/calls/metadata.jsonl --out "$DATA_DIR" --no-progress
 stages="$("$PYTHON" -m safe_qaq.stages)"  # the registry: key, step, script, kind, run folder
 outputs=()

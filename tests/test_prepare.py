@@ -492,7 +492,7 @@ def test_chunk_bounds_cover_the_audio(end, points, chunk):
 
 @pytest.fixture(scope="module")
 def tiny_processor(tmp_path_factory):
-    tiny_model = pytest.importorskip("safe_qaq.tiny_model")
+    tiny_model = pytest.importorskip("safe_qaq.toy.tiny_model")
     from swift.model import get_processor
 
     model_dir = tiny_model.build_tiny_model(tmp_path_factory.mktemp("tiny"))

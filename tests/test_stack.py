@@ -34,7 +34,7 @@ def test_tiny_model_has_the_shape_ms_swift_expects(tiny_model):
 def test_tiny_model_build_is_seeded(tmp_path):
     from safetensors.torch import load_file
 
-    from safe_qaq.tiny_model import build_tiny_model
+    from safe_qaq.toy.tiny_model import build_tiny_model
 
     a = load_file(build_tiny_model(tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(build_tiny_model(tmp_path / "b", seed=3) / "model.safetensors")

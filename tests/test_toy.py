@@ -1,14 +1,18 @@
-"""The toy reproduction's scoring and claims (safe_qaq.toy), and the warm start's loss weighting
-(safe_qaq.loss_scale): each claim can fail, and reads only the numbers it is given."""
+"""The toy reproduction's scoring and claims (safe_qaq.toy.measure), the warm start's loss weighting
+(safe_qaq.toy.loss_scale), the shipped warm base's build check and fresh toy sets: each claim can fail, and
+reads only the numbers it is given."""
 
 import json
 import random
+import shutil
 
 import pytest
 
 import prompt
-from safe_qaq import toy, toy_data
 from safe_qaq.jsonl import dumps
+from safe_qaq.toy import data as toy_data
+from safe_qaq.toy import measure as toy
+from safe_qaq.toy import warm_start
 
 
 def gold_answer(task, label, **kwargs):
@@ -35,8 +39,9 @@ def test_score_row_early_null_counts_as_waiting():
 def write_stage1_log(out, accuracy_rewards, stds):
     run = out / "stage1_grpo"
     run.mkdir(parents=True)
-    rows = [{"reward": a, "reward_std": s, "rewards/AdaptiveClassification/mean": a}
-            for a, s in zip(accuracy_rewards, stds, strict=True)]  # fmt: skip
+    n = len(accuracy_rewards)
+    rows = [{"reward": a, "reward_std": s, "rewards/AdaptiveClassification/mean": a, "global_step/max_steps": f"{i}/{n}"}
+            for i, (a, s) in enumerate(zip(accuracy_rewards, stds, strict=True), 1)]  # fmt: skip
     (run / "logging.jsonl").write_text("".join(dumps(r) for r in rows))
 
 
@@ -67,6 +72,33 @@ def measured(think_rsft, think_lcrl, acc_rsft, acc_lcrl, ms_rsft, ms_lcrl, null=
     }
 
 
+def stage(acc, *, tasks=None, fmt=1.0, think=20.0, null=None, p_null=None, stage_acc=None, ms=100.0, live=None):
+    """One stage's measurement as measure() writes it: test/offline and, given ``null``, test/realtime."""
+    per_task = dict(zip(("acc_scene", "acc_fraud", "acc_fraud_type"), tasks or (acc, acc, acc), strict=True))
+    sets = {"test/offline": {"accuracy": acc, "acc_tasks_mean": acc, **per_task, "format_valid": fmt,
+                             "think_mean": think}}  # fmt: skip
+    if null is not None:
+        sets["test/realtime"] = {"format_valid": fmt, "early_null_rate": null, "early_null_prob": p_null,
+                                 "stage_accuracy": stage_acc}  # fmt: skip
+    out = {"latency_ms": ms, "sets": sets}
+    if live:
+        out["live"] = dict(zip(("accuracy", "heard_fraction_mean"), live, strict=True), n_calls=40,
+                           decision_time_s_mean=5.0)  # fmt: skip
+    return out
+
+
+def good_run(**changes):
+    """Numbers under which every held-out claim holds; ``changes`` replaces whole stages."""
+    stages = {
+        "base": stage(0.40, tasks=(0.40, 0.65, 0.15), null=0.3, p_null=0.3, stage_acc=0.5, ms=120.0),
+        "stage1": stage(0.50, tasks=(0.50, 0.75, 0.25), think=30.0, null=0.3, stage_acc=0.5, ms=120.0),
+        "rsft": stage(0.49, think=25.0, null=0.3, stage_acc=0.5, ms=110.0),
+        "lcrl": stage(0.47, think=15.0, null=0.2, stage_acc=0.5, ms=90.0, live=(0.6, 0.4)),
+        "stage3": stage(0.45, think=15.0, null=0.6, p_null=0.7, stage_acc=0.7, ms=90.0, live=(0.7, 0.5)),
+    }
+    return {**stages, **changes}
+
+
 def claim(found, start):
     (match,) = [c for c in found if c["name"].startswith(start)]
     return match
@@ -77,9 +109,9 @@ def test_claims_hold_when_the_numbers_say_so(tmp_path):
     kept = [{"messages": [{"role": "assistant", "content": f"kept {i}"}]} for i in range(6)]
     write_rsft(tmp_path, kept, kept[:5], prompts=10)  # the pre-flight may drop a row; all RSFT reads is kept
     found = toy.claims(tmp_path, measured(30.0, 20.0, 0.50, 0.47, 130.0, 100.0))
-    assert [c["held"] for c in found] == [True, True, True, True]
-    assert claim(found, "stage 1")["numbers"]["acc_reward_first_quarter"] == 1.0
-    assert claim(found, "stage 1")["numbers"]["acc_reward_last_quarter"] == 4.0
+    assert [c["held"] for c in found][:4] == [True, True, True, True]
+    assert claim(found, "stage 1")["numbers"]["acc_reward_first_part"] == 1.0
+    assert claim(found, "stage 1")["numbers"]["acc_reward_last_part"] == 4.0
 
 
 @pytest.mark.parametrize(
@@ -120,7 +152,14 @@ def test_stage3_claim_needs_both_rises(tmp_path, null, stage_acc):
 
 def test_report_writes_table_and_claims(tmp_path):
     write_stage1_log(tmp_path, [1, 2, 3, 4], [1.0] * 4)
-    summary = {"n": 2, "accuracy": 0.5, "format_valid": 1.0, "think_mean": 12.0, "reward_mean": 3.0}
+    summary = {
+        "n": 2,
+        "accuracy": 0.5,
+        "acc_tasks_mean": 0.5,
+        "format_valid": 1.0,
+        "think_mean": 12.0,
+        "reward_mean": 3.0,
+    }
     (tmp_path / "measure_base.json").write_text(
         json.dumps({"name": "base", "latency_ms": 80.0, "sets": {"test/offline": summary}})
     )
@@ -142,7 +181,7 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
     """The weighted conclusion is cut where the tokenizer cuts anyway: training sees inference's tokens."""
     from transformers import AutoTokenizer
 
-    from safe_qaq.loss_scale import REASON_WEIGHT, reason_segments
+    from safe_qaq.toy.loss_scale import REASON_WEIGHT, reason_segments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rng = random.Random(0)
@@ -172,7 +211,121 @@ def test_committed_phrase_bank_matches_the_phrase_texts():
 def test_loss_scale_docstring_examples():
     import doctest
 
-    from safe_qaq import loss_scale
+    from safe_qaq.toy import loss_scale
 
     result = doctest.testmod(loss_scale)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_heldout_claims_hold_when_the_numbers_say_so():
+    found = toy.heldout_claims(good_run())
+    assert len(found) == 8 and all(c["held"] for c in found), [c["name"] for c in found if not c["held"]]
+    assert claim(found, "stage 1 GRPO raises mean")["numbers"]["gain"] == pytest.approx(0.10)
+
+
+BAD_RUNS = {
+    "stage 1 GRPO raises mean": [
+        {"stage1": stage(0.47, tasks=(0.47, 0.72, 0.22))},  # +7 points only
+        {"stage1": stage(0.55, tasks=(0.36, 0.90, 0.39))},  # scene 4 points down
+        {"stage1": stage(0.50, tasks=(0.50, 0.75, 0.25), fmt=0.94)},  # format broken
+    ],
+    "RSFT keeps": [{"rsft": stage(0.46, think=25.0)}, {"rsft": stage(0.50, think=30.0)}],
+    "LCRL thinks": [
+        {"lcrl": stage(0.47, think=18.0, ms=90.0)},  # 28 % shorter
+        {"lcrl": stage(0.45, think=15.0, ms=90.0)},  # 4 points down
+        {"lcrl": stage(0.47, think=15.0, ms=110.0)},  # not faster
+    ],
+    "every stage answers in format": [{"rsft": stage(0.49, think=25.0, fmt=0.9, null=0.3, stage_acc=0.5)}],
+    "stage 3 waits": [
+        {"stage3": stage(0.45, null=0.45, stage_acc=0.7, live=(0.7, 0.5))},  # under 50 %
+        {"lcrl": stage(0.47, think=15.0, null=0.65, stage_acc=0.5, ms=90.0, live=(0.6, 0.4))},  # LCRL waits more
+    ],
+    "stage 3 raises stage accuracy": [{"stage3": stage(0.45, null=0.6, stage_acc=0.5, live=(0.7, 0.5))}],
+    "stage 3 on `live eval`": [
+        {"stage3": stage(0.45, null=0.6, stage_acc=0.7, live=(0.5, 0.5))},  # decides worse than LCRL
+        {"stage3": stage(0.45, null=0.6, stage_acc=0.7, live=(0.7, 1.0))},  # waits to the end
+    ],
+    "stage 3 keeps offline": [{"stage3": stage(0.41, null=0.6, stage_acc=0.7, live=(0.7, 0.5))}],
+}
+
+
+@pytest.mark.parametrize("name, changes", [(n, c) for n, runs in BAD_RUNS.items() for c in runs])
+def test_each_heldout_claim_can_fail(name, changes):
+    found = toy.heldout_claims(good_run(**changes))
+    assert not claim(found, name)["held"]
+
+
+def test_measure_refuses_a_missing_model_in_one_line(tmp_path, capsys):
+    code = toy.main(["measure", "--model", str(tmp_path / "nope"), "--name", "base", "--data", str(tmp_path),
+                     "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nope" in err and "no model directory" in err
+
+
+def test_measure_refuses_a_folder_without_toy_rows(tmp_path):
+    with pytest.raises(SystemExit, match="no prepared toy rows"):
+        toy.available_sets(tmp_path, toy.DEFAULT_ROWS)
+    (tmp_path / "offline_test.jsonl").write_text("{}\n")
+    assert list(toy.available_sets(tmp_path, toy.DEFAULT_ROWS)) == ["test/offline"]  # a test-only set is fine
+
+
+def test_the_shipped_warm_base_is_built_by_todays_code():
+    """Fails when the warm start's code or settings changed and data/warm_base was not rebuilt: `make model`."""
+    assert warm_start.check() is None, warm_start.check()
+    files = sorted(p.name for p in warm_start.SHIPPED.iterdir())
+    assert "model.safetensors" in files and "tokenizer.json" in files and warm_start.BUILD_INFO in files
+    assert sum(p.stat().st_size for p in warm_start.SHIPPED.iterdir()) < 2 * 1024 * 1024
+
+
+def test_the_build_check_notices_code_and_settings_changes(tmp_path):
+    root = tmp_path / "root"
+    for name in (*warm_start.CODE_FILES, *warm_start.DATA_FILES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(warm_start.ROOT / name, root / name)
+    today = warm_start.code_hash(root=root)
+    builder = root / "safe_qaq" / "toy" / "warm_start.py"
+    source = builder.read_text(encoding="utf-8")
+    builder.write_text(source.replace('"""Build the', '"""Now build the') + "\n# a comment\n", encoding="utf-8")
+    assert warm_start.code_hash(root=root) == today  # docstrings, comments and formatting do not count
+    builder.write_text(source.replace('"lr": 5e-3', '"lr": 4e-3'), encoding="utf-8")
+    assert warm_start.code_hash(root=root) != today
+    builder.write_text(source, encoding="utf-8")
+    assert warm_start.code_hash({**warm_start.SETTINGS, "hear_steps": 1}, root=root) != today
+    data = root / "safe_qaq" / "toy" / "data.py"
+    data.write_text(data.read_text(encoding="utf-8").replace("AMBIENCE_LEVEL = 0.03", "AMBIENCE_LEVEL = 0.04"))
+    assert warm_start.code_hash(root=root) != today
+
+
+def test_the_build_check_names_a_missing_or_stale_base(tmp_path):
+    assert "no warm base there" in warm_start.check(tmp_path)
+    shutil.copytree(warm_start.SHIPPED, tmp_path / "base")
+    info = json.loads((tmp_path / "base" / warm_start.BUILD_INFO).read_text())
+    (tmp_path / "base" / warm_start.BUILD_INFO).write_text(json.dumps({**info, "code_hash": "0" * 16}))
+    assert "rebuild it with `make model`" in warm_start.check(tmp_path / "base")
+
+
+def test_fresh_sets_refuse_the_project_seed_and_differ_from_it(tmp_path):
+    with pytest.raises(ValueError, match="pick another"):
+        toy_data.build_fresh(tmp_path, toy_data.PROJECT_SEED, 4)
+    plans = {}
+    for seed in (toy_data.PROJECT_SEED, 7):
+        plans[seed] = [toy_data.plan_call(random.Random(f"{seed}:rl:{i}"), fraud=i % 2 == 1) for i in range(20)]
+    assert plans[0] != plans[7]
+
+
+def test_curriculum_hears_first_then_formats(tmp_path):
+    """The warm start's rows: the hear phase is direct-prompt rows only, the format phase mostly think formats."""
+    gold = prompt.format_answer("scene", prompt.SCENES[1])
+    row = {"task": "scene", "answers": prompt.SCENES[1], "audios": ["a.flac"], "conversation_stage": "complete",
+           "messages": prompt.build_messages("scene", answer=gold)}  # fmt: skip
+    rt = {**row, "conversation_stage": prompt.EARLY_STAGE, "prefix_end_s": 3.0,
+          "messages": prompt.build_messages("scene", mode="realtime", answer="x")}  # fmt: skip
+    (tmp_path / "sft_train.jsonl").write_text(dumps(row))
+    (tmp_path / "sft_realtime_train.jsonl").write_text(dumps(rt))
+    settings = {**warm_start.SETTINGS, "hear_steps": 2, "format_steps": 4, "batch_size": 2, "grad_acc": 2}
+    rows = warm_start.curriculum(tmp_path, settings)
+    assert len(rows) == (2 + 4) * 4
+    answers = [r["messages"][-1]["content"] for r in rows]
+    assert all(a.startswith("<answer>") for a in answers[:8])
+    assert sum(a.startswith("<think>") for a in answers[8:]) == 12  # 25 % of the format phase stays direct
+    assert prompt.PROMPTS[("scene", "direct")] in rows[0]["messages"][1]["content"]

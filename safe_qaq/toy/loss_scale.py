@@ -12,7 +12,7 @@ boundaries that tokenize the same whole or in parts (after ``<think>`` or a ``ã€
 ``</think>``), so training sees the tokens inference produces.
 
 This module is plain Python (the warm start reads its settings without importing ms-swift);
-:mod:`safe_qaq.loss_scale_plugin`, passed to ``--external_plugins``, registers it in ms-swift's
+:mod:`safe_qaq.toy.loss_scale_plugin`, passed to ``--external_plugins``, registers it in ms-swift's
 own registry (``swift.loss_scale.mapping.loss_scale_map``).
 """
 

@@ -14,15 +14,17 @@ The same phrase always sounds the same, so which words mark which label is learn
 tiny model; the combinations, the pauses and the noise are new in every call, so test calls
 are unseen audio.  This verifies the training machinery; it is not a fraud detector.
 
-Three splits of calls, drawn from one seeded generator:
+Splits of calls, each call drawn from its own generator seeded by (seed, split, index):
 
 * ``warmup`` -- the warm-start SFT of the toy base (the CPU analogue of an instruction-tuned
-  model: it learns the answer formats and something of the task);
-* ``rl``     -- what the stage scripts train (prepare splits it into train/test).
+  model: it learns the answer formats and something of the task), built by the warm start;
+* ``rl``     -- what the stage scripts train (prepare splits it into train/test);
+* ``fresh``  -- a set from another seed, all test rows: calls no stage has seen.
 
 CLI::
 
-    python -m safe_qaq.toy_data --out data/toy            # writes calls + metadata, seconds
+    python -m safe_qaq.toy.data --out data/toy                             # the rl split, seconds
+    python -m safe_qaq.toy.data --seed 7 --fresh 80 --out data/toy/seed7   # a fresh set, prepared
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ import numpy as np
 
 import prompt
 
-PHRASE_DIR = Path(__file__).resolve().parents[1] / "data" / "toy_phrases"
+PHRASE_DIR = Path(__file__).resolve().parents[2] / "data" / "toy_phrases"
 SAMPLE_RATE = 16000
-VERSION = 4  # bump when the assembly below changes: cached toy data is rebuilt
+VERSION = 5  # bump when the assembly below changes: cached toy data is rebuilt
+# The seed of the warm-up calls (the warm base) and the RL calls (`make toy`); fresh sets use any other.
+PROJECT_SEED = 0
+DEFAULT_SPLITS = {"rl": 160}
 
 SCENE_KEYS = prompt.SCENE_HANDLES
 FRAUD_KEYS = prompt.FRAUD_TYPE_HANDLES
@@ -240,10 +245,14 @@ def build(
     long_fraction: float = 0.1,
     phrase_dir: Path = PHRASE_DIR,
 ) -> dict[str, Path]:
-    """Write ``<out>/<split>.jsonl`` (our metadata format) and the calls' FLAC files; reuse a same build."""
+    """Write ``<out>/<split>.jsonl`` (our metadata format) and the calls' FLAC files; reuse a same build.
+
+    Every call draws from its own generator, seeded by (``seed``, split, index): a split is the same
+    whichever other splits are built with it, and another ``seed`` gives calls never built before.
+    """
     import soundfile as sf
 
-    splits = splits or {"warmup": 400, "rl": 160}
+    splits = splits if splits is not None else dict(DEFAULT_SPLITS)
     out = Path(out)
     recipe = {"version": VERSION, "splits": splits, "seed": seed, "long_fraction": long_fraction}
     marker = out / "toy_build.json"
@@ -251,15 +260,14 @@ def build(
     if marker.exists() and json.loads(marker.read_text()) == recipe and all(p.exists() for p in paths.values()):
         return paths
     audio = _phrases(list(PHRASES), phrase_dir)
-    rng = random.Random(seed)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for name, count in splits.items():
         records = []
         for i in range(count):
-            call_rng = random.Random(rng.getrandbits(64))
+            call_rng = random.Random(f"{seed}:{name}:{i}")
             plan = plan_call(call_rng, fraud=i % 2 == 1, long=call_rng.random() < long_fraction)
             signal, turns = render(plan, audio, call_rng)
-            call_id = f"toy_{name}_{i:04d}"
+            call_id = f"toy_{name}_s{seed}_{i:04d}"
             rel = f"audio/{call_id}.flac"
             sf.write(out / rel, signal, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
             records.append(
@@ -277,6 +285,25 @@ def build(
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     marker.write_text(json.dumps(recipe))
     return paths
+
+
+def build_fresh(out: str | Path, seed: int, calls: int) -> Path:
+    """A prepared toy set of ``calls`` calls from ``seed`` (all of them test rows), for measuring trained models.
+
+    Refuses the seed the warm base and the RL calls are built from: its calls would not be new.
+    """
+    from safe_qaq import prepare
+
+    if seed == PROJECT_SEED:
+        raise ValueError(f"--seed {seed} is the seed the warm-up and RL calls are built from; pick another")
+    out = Path(out)
+    paths = build(out, splits={"fresh": calls}, seed=seed)
+    prepared = out / "prepared"
+    code = prepare.main(["--input", str(paths["fresh"]), "--out", str(prepared), "--test-fraction", "1",
+                         "--no-progress", "--workers", "1"])  # fmt: skip
+    if code != 0:
+        raise SystemExit(f"preparing {paths['fresh']} failed (exit {code})")
+    return prepared
 
 
 # ---------------------------------------------------------------------------
@@ -323,13 +350,25 @@ def warm_rows(rows: Sequence[dict[str, Any]], seed: int = 0, **kwargs: Any) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m safe_qaq.toy_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m safe_qaq.toy.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/toy")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-calls", type=int, default=400)
-    parser.add_argument("--rl-calls", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=PROJECT_SEED)
+    parser.add_argument("--rl-calls", type=int, default=DEFAULT_SPLITS["rl"], help="calls of the rl split")
+    parser.add_argument("--warmup-calls", type=int, default=0, help="calls of the warmup split (the warm base's)")
+    parser.add_argument(
+        "--fresh", type=int, metavar="N",
+        help="instead: N calls from --seed (not the project's), prepared as test rows into <out>/prepared",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    paths = build(args.out, splits={"warmup": args.warmup_calls, "rl": args.rl_calls}, seed=args.seed)
+    if args.fresh is not None:
+        try:
+            prepared = build_fresh(args.out, args.seed, args.fresh)
+        except ValueError as error:
+            parser.error(str(error))
+        print(f"fresh toy set (seed {args.seed}, {args.fresh} calls): {prepared}")
+        return 0
+    splits = {name: n for name, n in (("warmup", args.warmup_calls), ("rl", args.rl_calls)) if n}
+    paths = build(args.out, splits=splits, seed=args.seed)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

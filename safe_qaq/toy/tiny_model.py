@@ -18,7 +18,7 @@ builder writes, offline and in seconds, a directory that ``swift sft/rlhf/infer
 
 Usage::
 
-    python -m safe_qaq.tiny_model --out models/tiny-qwen2-audio
+    python -m safe_qaq.toy.tiny_model --out models/tiny-qwen2-audio
 """
 
 from __future__ import annotations
