@@ -125,9 +125,11 @@ QWEN2_5_OMNI = Backbone(
     family="qwen2_5_omni",
     title="Qwen2.5-Omni-7B (thinker)",
     hf_model_types=("qwen2_5_omni",),
-    model_type="qwen2_5_omni",
-    template="qwen2_5_omni",  # stock: it expands <|AUDIO|> itself (tests/test_omni.py checks its generation)
-    template_plugin=None,
+    # ms-swift's qwen2_5_omni with an audio path that needs no torchvision (safe_qaq/omni_audio.py): the stock
+    # one imports qwen_omni_utils, hence torchvision, which does not load on the CPU torch.
+    model_type="qwen2_5_omni_audio",
+    template="qwen2_5_omni_audio",
+    template_plugin="safe_qaq/omni_audio.py",
     audio_token="<|AUDIO|>",
     tokens_per_second=25,
     # ms-swift 4.6 keeps WhisperFeatureExtractor's truncation for omni_v2_5 (fixed for omni_v3 only, PR #9182).

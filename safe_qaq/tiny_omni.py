@@ -9,8 +9,9 @@ qwen2_5_omni`` accepts:
 * a byte-level BPE tokenizer trained on the project's prompts (the same corpus as :mod:`safe_qaq.tiny_model`)
   with the Omni special tokens (``<|AUDIO|>``, ``<|audio_bos|>``, ``<|IMAGE|>``, ``<|VIDEO|>``, ...) and the
   processor's named tokens (``image_token``, ``audio_token``, ...);
-* the processor the class requires: a Whisper feature extractor (128 mel bins, 16 kHz, 30 s windows) and the
-  Qwen2-VL image and video processors (never used by audio-only rows, but ``Qwen2_5OmniProcessor`` needs them);
+* the processor the class requires: a Whisper feature extractor (128 mel bins, 16 kHz, 30 s windows), the
+  Qwen2-VL image processor and a video processor (Qwen2-VL's where torchvision loads, else the audio-only one of
+  :mod:`safe_qaq.omni_audio`; audio rows never use either, but ``Qwen2_5OmniProcessor`` requires them);
 * a generation config that suppresses the chat/audio/vision special ids (a random model would sample them).
 
 Usage::
@@ -96,14 +97,7 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0, *, force: bool = False) 
         WhisperFeatureExtractor,
     )
 
-    try:  # transformers 4.57's Qwen2_5OmniProcessor requires this video processor, which imports torchvision
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    except ImportError as error:
-        raise RuntimeError(
-            f"cannot build a Qwen2.5-Omni processor here: {error}. Qwen2_5OmniProcessor requires a video "
-            "processor, and transformers' only one (Qwen2VLVideoProcessor) imports torchvision; PyPI's torchvision "
-            "wheels are CUDA builds that do not load against the CPU torch (docs/backbones.md)"
-        ) from error
+    from safe_qaq.omni_audio import audio_only_processor, torchvision_loads
 
     out_dir = Path(out_dir)
     recipe = {"family": "qwen2_5_omni", "seed": seed, "vocab_size": VOCAB_SIZE, "hidden": HIDDEN, "version": 1}
@@ -114,16 +108,27 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0, *, force: bool = False) 
 
     tokenizer = build_tokenizer(out_dir)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
-    processor = Qwen2_5OmniProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        video_processor=Qwen2VLVideoProcessor(),
-        feature_extractor=WhisperFeatureExtractor(
-            feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400
-        ),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+    image_processor = Qwen2VLImageProcessor()
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400
     )
-    processor.save_pretrained(out_dir)
+    if torchvision_loads():
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        processor = Qwen2_5OmniProcessor(
+            image_processor=image_processor,
+            video_processor=Qwen2VLVideoProcessor(),
+            feature_extractor=feature_extractor,
+            tokenizer=tokenizer,
+            chat_template=CHAT_TEMPLATE,
+        )
+        processor.save_pretrained(out_dir)
+    else:  # transformers' only video processor imports torchvision: the parts, loaded by safe_qaq/omni_audio.py
+        audio_only_processor(tokenizer, image_processor, feature_extractor, CHAT_TEMPLATE)  # it builds
+        # One preprocessor_config.json: the feature extractor's (the image processor's defaults are rebuilt).
+        feature_extractor.save_pretrained(out_dir)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(out_dir)
 
     tokens = {
         "audio_token_index": ids["<|AUDIO|>"],
@@ -167,6 +172,9 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0, *, force: bool = False) 
         do_sample=False,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
+    # Qwen2_5OmniForConditionalGeneration.from_pretrained requires the talker's speaker table even with the talker
+    # off; an empty one (torch's format, which transformers loads with weights_only) means no voices.
+    torch.save({}, out_dir / "spk_dict.pt")
     marker.write_text(json.dumps(recipe))
     return out_dir
 
