@@ -134,7 +134,8 @@ def test_ms_swift_turns_truncation_off_for_omni_v3_only():
     source = inspect.getsource(Qwen2_5OmniTemplate.init_processor)
     v3 = source.index("elif self.version == 'omni_v3'")
     assert source.index("default['audio_kwargs']['truncation'] = False") > v3
-    assert backbones.get("qwen2_5_omni").max_audio_seconds == 30 and backbones.get("qwen3_omni").max_audio_seconds is None
+    assert backbones.get("qwen2_5_omni").max_audio_seconds == 30
+    assert backbones.get("qwen3_omni").max_audio_seconds is None
 
 
 def test_nothing_outside_the_entries_names_a_family():

@@ -4,6 +4,7 @@ and the smoke chain of every stage script with MODEL_FAMILY=qwen2_5_omni."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,10 @@ def test_tiny_omni_is_a_thinker_without_talker(tiny_omni, omni_engine):
     tokenizer = omni_engine.engine.processor.tokenizer
     for token in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>", "<|im_end|>"):
         assert tokenizer.tokenize(token) == [token]
-    assert tokenizer.convert_tokens_to_ids("<|AUDIO|>") in json.loads(
-        (tiny_omni / "generation_config.json").read_text()
-    )["suppress_tokens"]
+    assert (
+        tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+        in json.loads((tiny_omni / "generation_config.json").read_text())["suppress_tokens"]
+    )
 
 
 def _rows(folder: Path, seconds: list[float]) -> list[dict]:
@@ -54,7 +56,6 @@ def _rows(folder: Path, seconds: list[float]) -> list[dict]:
 def test_omni_padded_batch_generation_matches_teacher_forcing(omni_engine, tmp_path):
     """Scores of generated tokens equal one teacher-forced forward over the same tokens (padded batch of 2)."""
     from swift.infer_engine import InferRequest, RequestConfig
-
     from swift.template import get_template
 
     engine = omni_engine.engine
@@ -118,4 +119,44 @@ def test_omni_budget_counts_equal_the_real_encoding_and_show_the_30_s_cut(tiny_o
         kept = encoded["input_ids"].count(audio_id)
         assert kept == OMNI.tokens_per_second * min(seconds, 30) == budget.audio_tokens(row["audios"][0], OMNI)
         assert OMNI.cuts(seconds) == (seconds > 30)
-    assert audio.MAX_AUDIO_SECONDS <= OMNI.max_audio_seconds  # prepare's chunks fit the extractor: nothing is cut
+    assert OMNI.max_audio_seconds >= audio.MAX_AUDIO_SECONDS  # prepare's chunks fit the extractor: nothing is cut
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_smoke_chain_runs_every_stage_on_the_tiny_omni(tiny_omni, tmp_path):
+    """`make demo`'s chain with MODEL_FAMILY=qwen2_5_omni on the tiny thinker: GRPO, sampling, filter, RSFT, LCRL,
+    stage 3, evaluation and live calls, one step each and the smallest groups (cost: minutes on 2 loaded cores)."""
+    from safe_qaq.jsonl import read_jsonl
+    from tests.conftest import ROOT, run_cli
+
+    out = tmp_path / "outputs"
+    env = {
+        "MODEL_FAMILY": "qwen2_5_omni", "PROFILE": "smoke", "MODEL": str(tiny_omni), "OUTPUT_ROOT": str(out),
+        "DATA_DIR": str(tmp_path / "prepared"), "MAX_STEPS": "1", "SAMPLE_LIMIT": "1", "SAMPLE_N": "2",
+        "NUM_GENERATIONS": "2", "GRPO_BATCH": "2", "GRAD_ACC": "1", "RSFT_BATCH": "2", "RSFT_GRAD_ACC": "1",
+        "MAX_COMPLETION_LENGTH": "24", "EVAL_LIMIT": "2", "LIVE_LIMIT": "1",
+    }  # fmt: skip
+    result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=tmp_path, timeout=1500, env=env)
+    print(result.stdout)
+    for step in ("1-grpo", "2a-sample", "2b-rsft", "2c-lcrl", "3-realtime", "4-evaluate", "4-live-calls"):
+        assert re.search(rf"^{step}\S*\s+ok", result.stdout, re.M), step
+    parent = tiny_omni
+    for stage in ("stage1_grpo", "stage2_rsft", "stage2_lcrl", "stage3_realtime"):
+        args = json.loads((out / stage / "args.json").read_text())
+        assert args["model"] == str(parent) and args["model_type"] == OMNI.model_type, stage
+        before, after = _weights(parent), _weights(out / stage / "merged")
+        moved = [n for n in before if not torch.equal(before[n], after[n])]
+        assert not any(n.startswith(OMNI.encoder_prefixes) for n in moved), stage  # frozen encoders stay
+        if stage == "stage2_rsft":
+            assert any(n.startswith("thinker.model.") for n in moved)
+        parent = out / stage / "merged"
+    for stage in ("stage1_grpo", "stage2_lcrl", "stage3_realtime"):  # ms-swift #6069: no empty rollouts
+        logged = [e for e in read_jsonl(out / stage / "logging.jsonl") if "completions/mean_length" in e]
+        assert logged and all(e["completions/mean_length"] > 0 for e in logged), stage
+    assert (out / "eval" / "metrics.md").exists() and (out / "live").is_dir()
