@@ -130,6 +130,9 @@ def _register() -> None:
                 architectures=[],
                 requires=[r for r in stock.requires if r != "decord"],  # decord decodes video only
                 tags=["audio"],
+                # ms-swift marks only its own MLLM types multimodal; without it freeze_vit is ignored (the audio
+                # encoder would train) and rows are pre-encoded in forked workers instead of lazily.
+                is_multimodal=True,
                 additional_saved_files=list(stock.additional_saved_files),
                 ignore_patterns=[],
             )
