@@ -141,6 +141,7 @@ def test_smoke_chain_runs_every_stage_on_the_tiny_omni(tiny_omni, tmp_path):
         "DATA_DIR": str(tmp_path / "prepared"), "MAX_STEPS": "1", "SAMPLE_LIMIT": "1", "SAMPLE_N": "2",
         "NUM_GENERATIONS": "2", "GRPO_BATCH": "2", "GRAD_ACC": "1", "RSFT_BATCH": "2", "RSFT_GRAD_ACC": "1",
         "MAX_COMPLETION_LENGTH": "24", "EVAL_LIMIT": "2", "LIVE_LIMIT": "1",
+        "WARMUP_RATIO": "0",  # one step: with warm-up its learning rate would be 0
     }  # fmt: skip
     result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=tmp_path, timeout=1500, env=env)
     print(result.stdout)
