@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 # The paper recipe (PROFILE=paper) checked on CPU: every stage command parsed by ms-swift 4.6 under torchrun
 # against a config-only Qwen2-Audio-7B-Instruct. Also part of `make test`.
 check-recipe: $(STAMP)
-	$(PY) -m pytest tests/test_recipe.py
+	$(PY) -m pytest tests/test_recipe.py tests/test_recipe_omni.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -57,12 +57,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def audio_tokens(path: str) -> int:
-    """``<|AUDIO|>`` tokens the expanded template writes for ``path``, from its header (not decoded)."""
+def audio_tokens(path: str, backbone: Any = None) -> int:
+    """Audio tokens the family's template writes for ``path``, from its header (not decoded): for a family whose
+    feature extractor cuts (Backbone.max_audio_seconds), what is left -- prepare's chunking keeps every chunk
+    within it, so nothing is cut (ms-swift #9113)."""
     import soundfile as sf
 
-    from safe_qaq.qwen2_audio_template import encoder_frames
+    from safe_qaq import backbones
 
+    backbone = backbone or backbones.get(backbones.DEFAULT_FAMILY)
     try:
         info = sf.info(path)
         samples = math.ceil(info.frames * FEATURE_RATE / info.samplerate)
@@ -72,7 +75,7 @@ def audio_tokens(path: str) -> int:
         import librosa
 
         samples = math.ceil(librosa.get_duration(path=path) * FEATURE_RATE)
-    return encoder_frames(min(MAX_MEL_FRAMES, math.ceil(samples / HOP_LENGTH)))
+    return backbone.audio_tokens(samples)
 
 
 @dataclass
@@ -81,18 +84,24 @@ class Counter:
 
     template: Any
     max_position_embeddings: int
+    backbone: Any = None
 
     @classmethod
     def load(cls, model: str) -> Counter:
         from swift.model import get_model_processor
         from swift.template import get_template
 
-        from safe_qaq.qwen2_audio_template import TEMPLATE_TYPE
+        from safe_qaq import backbones
 
-        _, processor = get_model_processor(model, model_type="qwen2_audio", load_model=False)
-        template = get_template(processor, template_type=TEMPLATE_TYPE)
+        backbone = backbones.resolve(None, model)  # the recipe has refused a MODEL_FAMILY the config contradicts
+        if backbone.template_plugin:  # registers the family's fixed template
+            import importlib
+
+            importlib.import_module(backbone.template_plugin.removesuffix(".py").replace("/", "."))
+        _, processor = get_model_processor(model, model_type=backbone.model_type, load_model=False)
+        template = get_template(processor, template_type=backbone.template)
         template.set_mode("train")
-        return cls(template, int(processor.model_info.max_model_len))
+        return cls(template, int(processor.model_info.max_model_len), backbone)
 
     def tokens(self, row: dict[str, Any]) -> int:
         """Tokens of ``row`` as training encodes it (prompt, and the answer when the row has one)."""
@@ -101,9 +110,16 @@ class Counter:
         audios = list(row.get("audios") or [])
         inputs = TemplateInputs.from_dict({"messages": row["messages"], "audios": list(audios)}).chosen
         self.template._preprocess_inputs(inputs)
-        # The stock Template._encode: the text with one <|AUDIO|> per audio, without decoding any audio.
-        text_tokens = len(Template._encode(self.template, inputs)["input_ids"])
-        return text_tokens + sum(audio_tokens(path) - 1 for path in audios)
+        # The stock Template._encode: the text with one audio token per audio, without decoding any audio (the
+        # Omni templates decode audio in train mode only; their text is the same in vllm mode).
+        mode = self.template.mode
+        if self.backbone is not None:
+            self.template.set_mode(self.backbone.text_count_mode)
+        try:
+            text_tokens = len(Template._encode(self.template, inputs)["input_ids"])
+        finally:
+            self.template.set_mode(mode)
+        return text_tokens + sum(audio_tokens(path, self.backbone) - 1 for path in audios)
 
 
 @dataclass

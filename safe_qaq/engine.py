@@ -243,19 +243,35 @@ def make_engine(
     base_url: str | None = None,
     api_key: str = "EMPTY",
     max_batch_size: int = 8,
-    model_type: str = "qwen2_audio",
+    model_type: str | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """Build an :class:`Engine`.  ``engine_kwargs`` go to the ms-swift engine's constructor.
 
-    The model and adapters are resolved first (:func:`safe_qaq.models.resolve_model`): a missing
-    folder raises :class:`safe_qaq.models.ModelError` before ms-swift is imported.
+    The model and adapters are resolved first (:func:`safe_qaq.models.resolve_model`): a missing folder raises
+    :class:`safe_qaq.models.ModelError` before ms-swift is imported. The model type and template are the
+    backbone's (safe_qaq.backbones: MODEL_FAMILY, or the model's config.json).
     """
+    import importlib
+    import os
+
+    from safe_qaq import backbones
+
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     model = resolve_model(model, backend=backend)
     adapters = [resolve_model(a, backend=backend, what="adapter") for a in adapters or []]
-    import safe_qaq.qwen2_audio_template as template  # registers the template
+    backbone = (
+        backbones.resolve(os.environ.get("MODEL_FAMILY") or None, model)
+        if model and backend != "openai"
+        else backbones.get(backbones.DEFAULT_FAMILY)
+    )
+    if backbone.template_plugin:  # registers the family's template (and model type)
+        importlib.import_module(backbone.template_plugin.removesuffix(".py").replace("/", "."))
+    for key, value in backbone.env.items():  # what --model_kwargs sets in the stage commands
+        os.environ.setdefault(key, value)
+    model_type = model_type or backbone.model_type
+    template_type = backbone.template
 
     if backend == "pt":
         from swift.infer_engine import TransformersEngine
@@ -264,7 +280,7 @@ def make_engine(
             model,
             adapters=adapters,
             model_type=model_type,
-            template_type=template.TEMPLATE_TYPE,
+            template_type=template_type,
             max_batch_size=max_batch_size,
             **engine_kwargs,
         )
@@ -280,8 +296,10 @@ def make_engine(
         engine = VllmEngine(
             model,
             model_type=model_type,
-            template_type=template.TEMPLATE_TYPE,
-            limit_mm_per_prompt=engine_kwargs.pop("limit_mm_per_prompt", {"audio": MAX_AUDIOS_PER_ROW}),
+            template_type=template_type,
+            limit_mm_per_prompt=engine_kwargs.pop(
+                "limit_mm_per_prompt", {"audio": min(MAX_AUDIOS_PER_ROW, backbone.vllm_audio_limit)}
+            ),
             **lora,
             **engine_kwargs,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from safe_qaq import backbones
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.stages import STAGES, stage
 
@@ -36,7 +38,6 @@ PROFILES = ("paper", "smoke", "toy")
 INT_KEYS = {"MAX_STEPS", "NNODES", "NODE_RANK", "MASTER_PORT", "SAMPLE_LIMIT"}
 # Keys holding a path: a relative value is taken from the repository root (what the scripts have always done).
 PATH_KEYS = {"MODEL", "DATA_DIR", "OUTPUT_ROOT", "BUDGET_CACHE"}
-TEMPLATE_PLUGIN = "safe_qaq/qwen2_audio_template.py"
 REWARD_PLUGIN = "rewards.py"
 
 
@@ -177,13 +178,29 @@ def _derive(values: dict[str, Any]) -> None:
         values["BUDGET_CACHE"] = str(Path(values["OUTPUT_ROOT"]) / ".budget_cache")
     if values.get("VLLM_MAX_MODEL_LEN") is None:
         values["VLLM_MAX_MODEL_LEN"] = values["MAX_LENGTH"]
+    # The backbone entry (safe_qaq.backbones) decides what names a family: model type, template, LoRA, vLLM.
+    try:
+        backbone = backbones.resolve(values.get("MODEL_FAMILY"), values["MODEL"])
+    except backbones.BackboneError as error:
+        raise RecipeError(str(error)) from None
+    values["MODEL_FAMILY"] = backbone.family
+    if values.get("MODEL_TYPE") in (None, ""):
+        values["MODEL_TYPE"] = backbone.model_type
+    elif values["MODEL_TYPE"] != backbone.model_type:
+        raise RecipeError(
+            f"MODEL_TYPE={values['MODEL_TYPE']} does not match MODEL_FAMILY={backbone.family} "
+            f"(model type {backbone.model_type}); unset MODEL_TYPE or pick the family"
+        )
+    if values.get("TEMPLATE") in (None, ""):
+        values["TEMPLATE"] = backbone.template
     if not values.get("LORA_TARGET_REGEX"):
-        # Anchored at the language model (peft matches it against full module names): the audio tower's q/v
-        # projections and the projector stay frozen.
-        values["LORA_TARGET_REGEX"] = rf"^language_model\..*\.({'|'.join(values['TARGET_MODULES'])})$"
+        # Anchored at the language model (peft matches it against full module names): the encoders' q/v
+        # projections, the projectors and an Omni model's talker stay frozen.
+        values["LORA_TARGET_REGEX"] = backbone.lora_target_regex(values["TARGET_MODULES"])
     if values.get("SERVE_BACKEND") is None:
         values["SERVE_BACKEND"] = "vllm" if values["USE_VLLM"] else "transformers"
-    values["MAX_AUDIOS_PER_ROW"] = MAX_AUDIOS_PER_ROW  # the one bound, shared with prepare and the engines
+    # The one bound, shared with prepare and the engines; a family's vLLM limit may only lower it.
+    values["MAX_AUDIOS_PER_ROW"] = min(MAX_AUDIOS_PER_ROW, backbone.vllm_audio_limit)
 
 
 def validate(s: Settings) -> None:
@@ -210,8 +227,16 @@ def check_generation_batch(s: Settings) -> None:
 
 def _plugins(s: Settings, rewards: bool) -> list[str]:
     # Extra plugins first: a reward they register is then exposed by rewards.py, loaded last.
-    files = [TEMPLATE_PLUGIN, *(s["EXTRA_PLUGINS"] if rewards else []), *([REWARD_PLUGIN] if rewards else [])]
+    template = backbones.get(s["MODEL_FAMILY"]).template_plugin
+    files = [*([template] if template else []), *(s["EXTRA_PLUGINS"] if rewards else []),
+             *([REWARD_PLUGIN] if rewards else [])]  # fmt: skip
     return [str(ROOT / f) if not Path(f).is_absolute() else f for f in files]
+
+
+def _plugin_flag(s: Settings, rewards: bool) -> list[str]:
+    # A family without a template plugin and no rewards loads none: a bare --external_plugins is an error.
+    files = _plugins(s, rewards)
+    return ["--external_plugins", *files] if files else []
 
 
 def budget_out(s: Settings, key: str) -> Path:
@@ -225,7 +250,7 @@ def budget_argv(s: Settings, key: str) -> list[str]:
     return [
         "-m", "safe_qaq.budget", "--model", s.start_model(key), "--dataset", str(s.dataset(key)),
         "--out", str(budget_out(s, key)), "--max-length", str(s["MAX_LENGTH"]),
-        "--completion-tokens", str(completion), "--max-audios", str(MAX_AUDIOS_PER_ROW),
+        "--completion-tokens", str(completion), "--max-audios", str(s["MAX_AUDIOS_PER_ROW"]),
         "--vllm-max-model-len", str(s["VLLM_MAX_MODEL_LEN"]), "--max-drop-fraction", str(s["MAX_DROP_FRACTION"]),
         "--cache-dir", str(s["BUDGET_CACHE"]),
     ]  # fmt: skip
@@ -238,7 +263,7 @@ def _common_train(s: Settings) -> list[str]:
     else:
         tuner = ["--tuner_type", "full"]  # the audio tower and projector stay frozen (--freeze_vit)
     argv = [
-        "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"], "--check_model", "false",
+        "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"], *_model_kwargs(s), "--check_model", "false",
         "--torch_dtype", s["DTYPE"], *tuner, "--freeze_vit", "true", "--truncation_strategy", "delete",
         "--num_train_epochs", str(s["NUM_EPOCHS"]), "--seed", str(s["SEED"]),
         "--save_steps", str(s["SAVE_STEPS"]), "--save_total_limit", "2", "--logging_steps", str(s["LOGGING_STEPS"]),
@@ -254,8 +279,15 @@ def _common_train(s: Settings) -> list[str]:
     return argv
 
 
-def _vllm_limit() -> str:
-    return f'{{"audio": {MAX_AUDIOS_PER_ROW}}}'
+def _vllm_limit(s: Settings) -> str:
+    return f'{{"audio": {s["MAX_AUDIOS_PER_ROW"]}}}'
+
+
+def _model_kwargs(s: Settings) -> list[str]:
+    """The family's environment for ms-swift (an Omni model's talker stays unloaded), set by ms-swift itself from
+    --model_kwargs in every process it starts."""
+    env = backbones.get(s["MODEL_FAMILY"]).env
+    return ["--model_kwargs", json.dumps(env, sort_keys=True)] if env else []
 
 
 def sft_argv(
@@ -276,7 +308,7 @@ def sft_argv(
     """
     argv = [
         "--model", model, "--dataset", dataset, "--output_dir", output,
-        "--external_plugins", *_plugins(s, False), *plugins,
+        *(["--external_plugins", *_plugins(s, False), *plugins] if _plugins(s, False) or plugins else []),
         "--max_length", str(s["MAX_LENGTH"]), "--loss_scale", loss_scale, "--learning_rate", str(s["RSFT_LR"]),
         "--per_device_train_batch_size", str(s["RSFT_BATCH"]), "--gradient_accumulation_steps",
         str(s["RSFT_GRAD_ACC"]), "--warmup_ratio", str(s["WARMUP_RATIO"]), *_common_train(s),
@@ -306,13 +338,13 @@ def train_argv(s: Settings, key: str) -> list[str]:
         else:
             vllm += ["--vllm_gpu_memory_utilization", str(s["VLLM_GPU_MEMORY_UTILIZATION"]),
                      "--vllm_max_model_len", str(s["VLLM_MAX_MODEL_LEN"]),
-                     "--vllm_limit_mm_per_prompt", _vllm_limit(), "--sleep_level", "1"]  # fmt: skip
+                     "--vllm_limit_mm_per_prompt", _vllm_limit(s), "--sleep_level", "1"]  # fmt: skip
     completion = int(s["MAX_COMPLETION_LENGTH"])
     # GRPO applies --max_length to the prompt alone (the completion is appended unchecked), so the prompt gets what
     # the completion leaves of MAX_LENGTH; `delete` drops, never truncates, a prompt over it.
     return [
         "--rlhf_type", "grpo", "--model", model, "--dataset", dataset, "--output_dir", output,
-        "--external_plugins", *_plugins(s, True), "--reward_funcs", *s.rewards(key),
+        *_plugin_flag(s, True), "--reward_funcs", *s.rewards(key),
         "--num_generations", str(s["NUM_GENERATIONS"]), "--temperature", str(s["TEMPERATURE"]),
         "--top_p", str(s["GRPO_TOP_P"]), "--top_k", str(s["GRPO_TOP_K"]),
         "--repetition_penalty", str(s["REPETITION_PENALTY"]), "--max_completion_length", str(completion),
@@ -329,7 +361,7 @@ def merge_argv(s: Settings, key: str) -> list[str]:
     checkpoint, partial = s.run_dir(key) / "last-checkpoint", s.merged(key).with_name("merged.partial")
     if s["TUNER"] == "lora":
         return ["--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(partial),
-                "--external_plugins", *_plugins(s, False), "--template", s["TEMPLATE"]]  # fmt: skip
+                *_plugin_flag(s, False), "--template", s["TEMPLATE"], *_model_kwargs(s)]  # fmt: skip
     return ["-m", "safe_qaq.checkpoint", str(checkpoint), str(partial)]
 
 
@@ -393,9 +425,9 @@ def rollout_argv(s: Settings, key: str) -> list[str]:
     if stage(key).kind != "grpo":
         raise RecipeError(f"{key} is not a GRPO stage: expected one of stage1, lcrl, realtime")
     return [
-        "--model", s.start_model(key), "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"],
-        "--external_plugins", *_plugins(s, False), "--torch_dtype", s["DTYPE"], "--port", str(s["VLLM_SERVER_PORT"]),
-        "--vllm_max_model_len", str(s["VLLM_MAX_MODEL_LEN"]), "--vllm_limit_mm_per_prompt", _vllm_limit(),
+        "--model", s.start_model(key), "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"], *_model_kwargs(s),
+        *_plugin_flag(s, False), "--torch_dtype", s["DTYPE"], "--port", str(s["VLLM_SERVER_PORT"]),
+        "--vllm_max_model_len", str(s["VLLM_MAX_MODEL_LEN"]), "--vllm_limit_mm_per_prompt", _vllm_limit(s),
         "--vllm_gpu_memory_utilization", str(s["ROLLOUT_GPU_MEMORY_UTILIZATION"]),
     ]  # fmt: skip
 
@@ -403,12 +435,12 @@ def rollout_argv(s: Settings, key: str) -> list[str]:
 def deploy_argv(s: Settings, model: str) -> list[str]:
     """`swift deploy` of a trained model: the OpenAI-compatible endpoint evaluate/live/the service reach."""
     argv = [
-        "--model", model, "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"],
-        "--external_plugins", *_plugins(s, False), "--torch_dtype", s["DTYPE"], "--infer_backend", s["SERVE_BACKEND"],
+        "--model", model, "--model_type", s["MODEL_TYPE"], "--template", s["TEMPLATE"], *_model_kwargs(s),
+        *_plugin_flag(s, False), "--torch_dtype", s["DTYPE"], "--infer_backend", s["SERVE_BACKEND"],
         "--served_model_name", s["SERVED_MODEL_NAME"], "--host", s["SERVE_HOST"], "--port", str(s["SERVE_PORT"]),
     ]  # fmt: skip
     if s["SERVE_BACKEND"] == "vllm":
-        argv += ["--vllm_max_model_len", str(s["VLLM_MAX_MODEL_LEN"]), "--vllm_limit_mm_per_prompt", _vllm_limit()]
+        argv += ["--vllm_max_model_len", str(s["VLLM_MAX_MODEL_LEN"]), "--vllm_limit_mm_per_prompt", _vllm_limit(s)]
     return argv
 
 
