@@ -40,8 +40,9 @@ def write_stage1_log(out, accuracy_rewards, stds):
     run = out / "stage1_grpo"
     run.mkdir(parents=True)
     n = len(accuracy_rewards)
+    pairs = enumerate(zip(accuracy_rewards, stds, strict=True), 1)
     rows = [{"reward": a, "reward_std": s, "rewards/AdaptiveClassification/mean": a,
-             "global_step/max_steps": f"{i}/{n}"} for i, (a, s) in enumerate(zip(accuracy_rewards, stds, strict=True), 1)]  # fmt: skip
+             "global_step/max_steps": f"{i}/{n}"} for i, (a, s) in pairs]  # fmt: skip
     (run / "logging.jsonl").write_text("".join(dumps(r) for r in rows))
 
 
