@@ -10,9 +10,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PROFILE=paper
-export MODEL="${MODEL:?set MODEL to a local Qwen2-Audio-7B-Instruct checkout (a folder with config.json)}"
+export MODEL="${MODEL:?set MODEL to a local model checkout (a folder with config.json; MODEL_FAMILY picks the backbone, docs/backbones.md)}"
 if [ ! -s "$MODEL/config.json" ]; then
-    echo "MODEL=$MODEL has no config.json: point it at a local Qwen2-Audio checkout" >&2
+    echo "MODEL=$MODEL has no config.json: point it at a local model checkout" >&2
     exit 2
 fi
 SMI="${NVIDIA_SMI:-nvidia-smi}"
