@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast check-recipe lint format demo model toy data bench serve clean
+.PHONY: install test test-long test-fast check-recipe lint format demo model toy data bench serve clean
 
 $(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,15 @@ $(STAMP): requirements.txt requirements-base.txt requirements-dev.txt pyproject.
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -m "not long" --durations=15
+
+# The tests that take minutes each (the tiny Omni smoke chain, the learning regression test).
+test-long: $(STAMP)
+	$(PY) -m pytest -m long --durations=15
 
 # Everything except the tests that run real ms-swift training/inference.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not long"
 
 # The paper recipe (PROFILE=paper) checked on CPU: every stage command parsed by ms-swift 4.6 under torchrun
 # against a config-only Qwen2-Audio-7B-Instruct. Also part of `make test`.

@@ -100,6 +100,10 @@ def chain(tmp_path_factory, tiny_model, prepared) -> Chain:
     chain.run("stage1", "run_swift_grpo_stage1.sh", {**env, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
     chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
     chain.run("process", "process_samples.sh", env)
+    if not (chain.out / "stage2_samples" / "rsft.jsonl").stat().st_size:
+        # The random tiny model solves no prompt; RSFT then trains on the gold rows, as the demo does (the stage
+        # script itself stops on an empty rsft.jsonl).
+        env = {**env, "RSFT_DATASET": str(prepared / "sft_train.jsonl")}
     # Two "nodes" on localhost sharing OUTPUT_ROOT (a shared filesystem), started together.
     nodes = {**env, "NNODES": "2", "NPROC_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     started = time.time()

@@ -223,6 +223,7 @@ def accuracy_trend(model: Path, rows: Path, out: Path, *, broken: bool) -> tuple
     return accuracy, sum(accuracy[:third]) / third, sum(accuracy[-third:]) / third
 
 
+@pytest.mark.long  # two GRPO runs of 10 steps, minutes; it cannot pass until the base is rebuilt
 @pytest.mark.xfail(
     strict=True,
     reason="the shipped warm base (120 hear + 80 format steps) answers in format on 71 % of offline test rows and "

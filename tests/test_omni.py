@@ -129,6 +129,7 @@ def _weights(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~9 min on 2 cores (every stage starts its own ms-swift process): `make test-long`
 def test_smoke_chain_runs_every_stage_on_the_tiny_omni(tiny_omni, tmp_path):
     """`make demo`'s chain with MODEL_FAMILY=qwen2_5_omni on the tiny thinker: GRPO, sampling, filter, RSFT, LCRL,
     stage 3, evaluation and live calls, one step each and the smallest groups (cost: minutes on 2 loaded cores)."""
