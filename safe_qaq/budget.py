@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_qaq.jsonl import JsonlError, atomic_file, dumps, iter_jsonl, write_json
-from safe_qaq.models import ModelError, max_positions, model_fingerprint, resolve_model
+from safe_qaq.models import ModelError, _sha256, max_positions, model_fingerprint, resolve_model
 
 FEATURE_RATE = 16000  # Qwen2-Audio's feature extractor: 16 kHz, hop 160, at most 3000 mel frames (30 s)
 HOP_LENGTH = 160
@@ -47,14 +47,6 @@ COUNTS_VERSION = 1
 
 class BudgetError(Exception):
     """A problem with the inputs that stops the stage (the message says which and why)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def audio_tokens(path: str, backbone: Any = None) -> int:

@@ -254,7 +254,8 @@ def test_vllm_engines_default_to_the_same_audio_limit(monkeypatch, tmp_path):
 
     # Set in the lazy module's namespace: reading the real attribute first would import vLLM.
     monkeypatch.setitem(vars(swift.infer_engine), "VllmEngine", RecordingVllmEngine)
-    (tmp_path / "config.json").write_text("{}")  # a model folder: make_engine refuses a name that is no folder
+    # a model folder (make_engine refuses a name that is no folder) of the default family
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_audio"}')
     make_engine(str(tmp_path), backend="vllm")
     assert seen["limit_mm_per_prompt"] == {"audio": MAX_AUDIOS_PER_ROW}
 
