@@ -13,8 +13,7 @@ import pytest
 import soundfile as sf
 
 import prompt
-from safe_qaq import rewards
-from safe_qaq import evaluate, live, process_samples, sample
+from safe_qaq import evaluate, live, process_samples, rewards, sample
 from safe_qaq.jsonl import dumps, meta_path
 from safe_qaq.models import resolve_model
 from tests.helpers.engines import FakeEngine, echo_engine, listener_engine

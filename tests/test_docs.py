@@ -14,7 +14,17 @@ from safe_qaq import rewards
 REPO = Path(__file__).resolve().parents[1]
 METHOD = REPO / "docs" / "method.md"
 # What the suite scans for references: the shipped code, scripts, tests and docs.
-SKIP_DIRS = {".venv", ".git", "outputs", "models", "warm_base", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
+SKIP_DIRS = {
+    ".venv",
+    ".git",
+    "outputs",
+    "models",
+    "warm_base",
+    "node_modules",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 TEXT_SUFFIXES = {".py", ".sh", ".md", ".toml", ".txt", ".cfg", ".yaml", ".yml"}
 LINK = re.compile(r"docs/method\.md#([\w-]+)")
 FENCE = re.compile(r"^\s*(```|~~~)")

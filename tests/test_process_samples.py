@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prompt
-from safe_qaq.rewards import REWARDS
 from safe_qaq.answer import parse_answer
 from safe_qaq.process_samples import SAMPLE_COLUMNS, main, process
+from safe_qaq.rewards import REWARDS
 from safe_qaq.sample import prompt_id
 
 ACCURACY = REWARDS["adaptive_classification"](args=None)
