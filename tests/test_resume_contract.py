@@ -380,7 +380,7 @@ def test_sample_smaller_limit_reuses_and_larger_continues(tmp_path, sample_echo,
         "top_k": 50,
         "repetition_penalty": 1.0,
         "max_tokens": 2048,
-        "seed": 0,
+        "seed": 42,  # the recipe's SEED (recipes/paper.yaml) + the first prompt's index
     }
 
 
