@@ -127,9 +127,8 @@ class Settings(Mapping):
         s = stage(key)
         if s.dataset_env and os.environ.get(s.dataset_env):
             return Path(os.environ[s.dataset_env])
-        if s.key == "rsft":
-            return self.run_dir("process") / "rsft.jsonl"
-        return self.path("DATA_DIR") / s.dataset
+        folder = self.run_dir(s.dataset_from) if s.dataset_from else self.path("DATA_DIR")
+        return folder / s.dataset
 
     def rewards(self, key: str) -> list[str]:
         s = stage(key)
@@ -520,9 +519,7 @@ def stage_table() -> str:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for st in STAGES:
         start = f"`{stage(st.start).run_dir}/merged`" if st.start else ("`MODEL`" if st.key == "stage1" else "–")
-        data = {"rsft": "`stage2_samples/rsft.jsonl`", "process": "`stage2_samples/samples.shard*.jsonl`"}.get(
-            st.key, f"`{st.dataset}`"
-        )
+        data = f"`{stage(st.dataset_from).run_dir}/{st.dataset}`" if st.dataset_from else f"`{st.dataset}`"
         lines.append(f"| {st.step} | {st.title} | `{st.script}` | `{st.run_dir}` | {start} | {data} | "
                      f"{f'`{st.rewards}`' if st.rewards else ''} |")  # fmt: skip
     return "\n".join(lines) + "\n"

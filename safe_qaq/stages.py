@@ -30,7 +30,8 @@ class Stage:
     kind: str  # grpo | sft | sample | process | evaluate
     run_dir: str | None = None  # under OUTPUT_ROOT
     start: str | None = None  # the stage whose merged model this one starts from; None: MODEL
-    dataset: str | None = None  # a file of DATA_DIR
+    dataset: str | None = None  # a file of DATA_DIR, or of the run folder of ``dataset_from``
+    dataset_from: str | None = None  # the stage that writes the dataset; None: DATA_DIR
     dataset_env: str | None = None  # the environment variable that replaces it
     rewards: str | None = None  # the recipe key of the reward set
     warmup: bool = True  # GRPO warm-up (WARMUP_RATIO); stage 3 has none
@@ -47,9 +48,11 @@ STAGES: tuple[Stage, ...] = (
           dataset="offline_train.jsonl", dataset_env="STAGE1_DATASET", rewards="STAGE1_REWARDS", targets=(ACCURACY,)),
     Stage("sample", "2a-sample", "2a rejection sampling", "sample.sh", "sample", "stage2_samples", start="stage1",
           dataset="offline_train.jsonl", dataset_env="SAMPLE_INPUT"),
-    Stage("process", "2a-filter", "2a shortest correct sample", "process_samples.sh", "process", "stage2_samples"),
+    Stage("process", "2a-filter", "2a shortest correct sample", "process_samples.sh", "process", "stage2_samples",
+          dataset="samples.shard*.jsonl", dataset_from="sample"),
     Stage("rsft", "2b-rsft", "2b RSFT (SAFE-RS)", "run_swift_sft_stage2_RSFT.sh", "sft", "stage2_rsft",
-          start="stage1", dataset_env="RSFT_DATASET", targets=(Metric("SFT loss", key="loss"),)),
+          start="stage1", dataset="rsft.jsonl", dataset_from="process", dataset_env="RSFT_DATASET",
+          targets=(Metric("SFT loss", key="loss"),)),
     Stage("lcrl", "2c-lcrl", "2c LCRL (SAFE-LS)", "run_swift_grpo_stage2_LCRL.sh", "grpo", "stage2_lcrl",
           start="rsft", dataset="offline_train.jsonl", dataset_env="LCRL_DATASET", rewards="LCRL_REWARDS",
           targets=(Metric("length penalty", reward="think_length_penalty"),
