@@ -9,7 +9,6 @@ if ! is_main_node; then
     echo "node $NODE_RANK: evaluation runs on node 0 only"
     exit 0
 fi
-argv_of dataset evaluate dataset
+plan_of evaluate dataset=dataset eval_argv=evaluate
 check_file "${dataset[0]}" "prepare the data first (python -m safe_qaq.prepare; docs/data.md)"
-argv_of eval_argv evaluate evaluate
 run "$PYTHON" "${eval_argv[@]}" "$@"

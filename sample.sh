@@ -8,9 +8,10 @@ if ! is_main_node; then
     exit 0
 fi
 require_stage stage1 run_swift_grpo_stage1.sh
-argv_of dataset sample dataset
+shard_specs=()
+for ((shard = 0; shard < SAMPLE_SHARDS; shard++)); do shard_specs+=("shard_argv_$shard=sample:$shard"); done
+plan_of sample dataset=dataset gpus=gpus "${shard_specs[@]}"  # gpus: one per shard, or one error line
 check_file "${dataset[0]}" "prepare the data first (python -m safe_qaq.prepare; docs/data.md)"
-argv_of gpus sample gpus  # one per shard, or one error line
 samples="$(run_dir sample)"
 if ! dry_run; then
     mkdir -p "$samples"
@@ -19,17 +20,20 @@ fi
 pids=()
 shard_files=()
 for ((shard = 0; shard < SAMPLE_SHARDS; shard++)); do
-    argv_of shard_argv sample sample "$shard"
+    declare -n shard_argv="shard_argv_$shard"
     shard_files+=("$samples/samples.shard$shard.jsonl")
-    if (( SAMPLE_SHARDS > 1 )); then
-        run env CUDA_VISIBLE_DEVICES="${gpus[$shard]}" "$PYTHON" "${shard_argv[@]}" "$@" &
+    launch=("$PYTHON" "${shard_argv[@]}" "$@")
+    unset -n shard_argv
+    if (( SAMPLE_SHARDS > 1 )); then launch=(env CUDA_VISIBLE_DEVICES="${gpus[$shard]}" "${launch[@]}"); fi
+    if dry_run; then
+        run "${launch[@]}"  # printed in shard order
     else
-        run "$PYTHON" "${shard_argv[@]}" "$@" &
+        "${launch[@]}" &
+        pids+=($!)
     fi
-    pids+=($!)
 done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || status=$?; done
 if (( status == 0 )) && ! dry_run; then
     # The shards of this run, for process_samples.sh: shard files left by a run with another SAMPLE_SHARDS would
     # otherwise add duplicate prompts.

@@ -22,6 +22,8 @@ Usage::
 
     python -m safe_qaq.budget --model MODEL --dataset rows.jsonl --out run/budget/rows.jsonl \\
         --max-length 8192 --completion-tokens 2048 --max-audios 8
+    # count several sets into the cache with one ms-swift load (the stages then reuse the counts)
+    python -m safe_qaq.budget count --model MODEL --cache-dir OUTPUT_ROOT/.budget_cache a.jsonl b.jsonl
 """
 
 from __future__ import annotations
@@ -174,12 +176,16 @@ def counts_key(dataset: Path, model: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def count_rows(dataset: Path, model: str) -> list[dict[str, Any]]:
-    """Per row: its audios and tokens, or why it could not be counted (ms-swift loaded once)."""
+def load_counter(model: str) -> Counter:
     try:
-        counter = Counter.load(model)
+        return Counter.load(model)
     except Exception as error:  # ms-swift raises many kinds for a model it cannot resolve
         raise BudgetError(f"cannot load the tokenizer and config of {model}: {error}") from error
+
+
+def count_rows(dataset: Path, model: str, counter: Counter | None = None) -> list[dict[str, Any]]:
+    """Per row: its audios and tokens, or why it could not be counted (ms-swift loaded once)."""
+    counter = counter or load_counter(model)
     counts = []
     for line_number, row in iter_jsonl(dataset):
         entry: dict[str, Any] = {
@@ -267,7 +273,49 @@ def _check_fraction(summary: Summary, args: argparse.Namespace, dropped_path: Pa
         )
 
 
+def count_into_cache(model: str, cache_dir: Path, datasets: list[Path]) -> list[tuple[Path, int, bool]]:
+    """Each dataset's token counts into the cache (one ms-swift load for all); (dataset, rows, already cached)."""
+    try:
+        resolve_model(model)
+    except ModelError as error:
+        raise BudgetError(str(error)) from None
+    missing = [str(d) for d in datasets if not d.is_file()]
+    if missing:
+        raise BudgetError(f"no such file: {', '.join(missing)}")
+    counter, done = None, []
+    for dataset in datasets:
+        cache = cache_dir / f"{counts_key(dataset, model)}.json"
+        if cache.is_file():
+            done.append((dataset, len(json.loads(cache.read_text(encoding="utf-8"))) - 1, True))
+            continue
+        counter = counter or load_counter(model)
+        counts = count_rows(dataset, model, counter)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, counts, indent=None)
+        done.append((dataset, len(counts) - 1, False))
+    return done
+
+
+def count_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m safe_qaq.budget count", description=count_into_cache.__doc__)
+    parser.add_argument("--model", required=True, help="local model folder (its tokenizer and config)")
+    parser.add_argument("--cache-dir", required=True, help="where the stages' budget checks look for counts")
+    parser.add_argument("datasets", nargs="+", type=Path, help="row files (ms-swift jsonl)")
+    args = parser.parse_args(argv)
+    try:
+        done = count_into_cache(args.model, Path(args.cache_dir), args.datasets)
+    except (BudgetError, JsonlError) as error:
+        print(f"budget: {error}", file=sys.stderr)
+        return 1
+    for dataset, rows, cached in done:
+        print(f"budget: {rows} rows of {dataset} counted{' before (cached)' if cached else ''} -> {args.cache_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["count"]:
+        return count_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="local model folder (its tokenizer and config)")
     parser.add_argument("--dataset", required=True, help="training rows (ms-swift jsonl)")

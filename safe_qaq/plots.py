@@ -240,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m safe_qaq.plots", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     curves = sub.add_parser("curves", help="plot ms-swift training curves from logging.jsonl")
-    curves.add_argument("run_dir", help="run output directory (or a logging.jsonl file)")
-    curves.add_argument("--out", help="PNG path (default: curves.png beside each logging.jsonl)")
+    curves.add_argument("run_dirs", nargs="+", metavar="run_dir", help="run output directory (or a logging.jsonl file)")
+    where = curves.add_mutually_exclusive_group()
+    where.add_argument("--out", help="PNG path, for one run (default: curves.png beside each logging.jsonl)")
+    where.add_argument("--out-dir", help="write each run's curves here as RUN_curves.png (RUN: the run folder's name)")
     moves = sub.add_parser("moves", help="each stage's target metric, first vs last part of its steps")
     moves.add_argument("output_root", help="the stage scripts' OUTPUT_ROOT")
     args = parser.parse_args(argv)
@@ -252,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(moves_table(rows))
         return 0
+    if args.out and len(args.run_dirs) > 1:
+        parser.error("--out names one file; with several runs use --out-dir")
+    paths = []
     try:
-        paths = plot_run(args.run_dir, args.out)
+        for run_dir in args.run_dirs:
+            out = Path(args.out_dir) / f"{Path(run_dir).name}_curves.png" if args.out_dir else args.out
+            paths += plot_run(run_dir, out)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

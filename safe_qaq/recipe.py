@@ -267,7 +267,7 @@ def _common_train(s: Settings) -> list[str]:
         "--num_train_epochs", str(s["NUM_EPOCHS"]), "--seed", str(s["SEED"]),
         "--save_steps", str(s["SAVE_STEPS"]), "--save_total_limit", "2", "--logging_steps", str(s["LOGGING_STEPS"]),
         "--dataloader_num_workers", str(s["DATALOADER_WORKERS"]), "--add_version", "false",
-        "--report_to", "tensorboard",
+        "--report_to", s["REPORT_TO"],
     ]  # fmt: skip
     if s["MAX_STEPS"]:
         argv += ["--max_steps", str(s["MAX_STEPS"])]
@@ -565,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("stage")
     one.add_argument("part")
     one.add_argument("extra", nargs="*")
+    plan = sub.add_parser("plan", help="several commands of one stage at once (PART or PART:ARG), each as COUNT then its arguments, NUL-separated")
+    plan.add_argument("stage")
+    plan.add_argument("parts", nargs="+")
     sub.add_parser("token", help="the content token of a run's last checkpoint").add_argument("run_dir")
     sub.add_parser("table", help="the docs' recipe and stage tables")
     sub.add_parser("docs", help="rewrite the generated tables of docs/recipe.md")
@@ -589,7 +592,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise RecipeError(f"{args.key} is not a recipe setting (recipes/paper.yaml)")
             print(_env_line(args.key, s[args.key]).split("=", 1)[1])
         elif args.command == "env":
-            print("\n".join(_env_line(k, v) for k, v in s.items()))
+            # The settings, then each stage's run folder (RUN_DIR_<key>), so a script needs no second call for one.
+            lines = [_env_line(k, v) for k, v in s.items()]
+            lines += [_env_line(f"RUN_DIR_{st.key}", s.run_dir(st.key)) for st in STAGES]
+            print("\n".join(lines))
+        elif args.command == "plan":
+            # One call per stage script instead of one per command: each call pays Python's start-up.
+            out = []
+            for spec in args.parts:
+                part, _, extra = spec.partition(":")
+                built = argv_for(s, args.stage, part, [extra] if extra else [])
+                out += [str(len(built)), *built]
+            sys.stdout.write("".join(f"{a}\0" for a in out))
         else:
             sys.stdout.write("".join(f"{a}\0" for a in argv_for(s, args.stage, args.part, args.extra)))
     except (RecipeError, KeyError) as error:

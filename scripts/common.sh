@@ -53,7 +53,33 @@ argv_of() {
     rm -f "$out"
 }
 
-run_dir() { echo "$OUTPUT_ROOT/$("$PYTHON" -c 'import sys; from safe_qaq.stages import stage; print(stage(sys.argv[1]).run_dir)' "$1")"; }
+# plan_of STAGE VAR=PART[:ARG]...: several of STAGE's commands from one recipe call, each into its array VAR.
+plan_of() {
+    local key="$1" out spec i=0 n
+    local -a parts=() fields=()
+    shift
+    for spec in "$@"; do parts+=("${spec#*=}"); done
+    out="$(mktemp)"
+    if ! "$PYTHON" -m safe_qaq.recipe plan "$key" "${parts[@]}" > "$out"; then
+        rm -f "$out"
+        exit 2
+    fi
+    mapfile -d '' -t fields < "$out"
+    rm -f "$out"
+    for spec in "$@"; do
+        local -n array="${spec%%=*}"
+        n="${fields[i]}"
+        array=("${fields[@]:i+1:n}")
+        unset -n array
+        i=$((i + 1 + n))
+    done
+}
+
+# run_dir KEY: the stage's run folder (RUN_DIR_<key>, from the recipe's env lines).
+run_dir() {
+    local var="RUN_DIR_$1"
+    echo "${!var:?no stage $1 in the registry (safe_qaq/stages.py)}"
+}
 
 check_file() {
     if dry_run; then return 0; fi
@@ -98,15 +124,12 @@ require_stage() {
 # --- a training stage ------------------------------------------------------------------------------------------------
 # begin_stage KEY: the previous stage's model, then the dataset cut to the budget (rows over MAX_LENGTH or with
 # too many audios dropped with a count and listed beside the run, never truncated), then TRAIN: the arguments of
-# `swift rlhf` / `swift sft`.
+# `swift rlhf` / `swift sft`, and MERGE, what merge_stage runs.
 begin_stage() {
     local key="$1" start dataset
-    argv_of start "$key" start
+    plan_of "$key" start=start dataset=dataset BUDGET=budget TRAIN=train MERGE=merge
     if [ "${#start[@]}" -gt 0 ]; then require_stage "${start[0]}" "${start[1]}"; fi
-    argv_of dataset "$key" dataset
     check_file "${dataset[0]}" "${DATASET_HINT:-prepare the data first (python -m safe_qaq.prepare; docs/data.md)}"
-    argv_of BUDGET "$key" budget
-    argv_of TRAIN "$key" train
     run "$PYTHON" "${BUDGET[@]}"
 }
 
@@ -122,7 +145,6 @@ merge_stage() {
         echo "node $NODE_RANK: training done; node 0 merges $run/last-checkpoint into $merged"
         return 0
     fi
-    argv_of MERGE "$key" merge
     if ! dry_run; then rm -rf "$partial"; fi  # left by an interrupted merge; ms-swift refuses an existing folder
     if [ "$TUNER" = "lora" ]; then
         check_file "$run/last-checkpoint/adapter_config.json" "the training run did not save a LoRA checkpoint"

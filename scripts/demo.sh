@@ -12,10 +12,13 @@ PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 export PROFILE=smoke PYTHON
 EVAL_LIMIT="${EVAL_LIMIT:-}"
 LIVE_LIMIT="${LIVE_LIMIT:-2}"
-OUTPUT_ROOT="$("$PYTHON" -m safe_qaq.recipe get OUTPUT_ROOT)"
-MODEL="$("$PYTHON" -m safe_qaq.recipe get MODEL)"
-DATA_DIR="$("$PYTHON" -m safe_qaq.recipe get DATA_DIR)"
-MAX_COMPLETION_LENGTH="$("$PYTHON" -m safe_qaq.recipe get MAX_COMPLETION_LENGTH)"
+settings="$("$PYTHON" -m safe_qaq.recipe env)" || exit 2  # NAME=value lines, read, never evaluated
+recipe_value() { sed -n "s/^$1=//p" <<< "$settings"; }
+OUTPUT_ROOT="$(recipe_value OUTPUT_ROOT)"
+MODEL="$(recipe_value MODEL)"
+DATA_DIR="$(recipe_value DATA_DIR)"
+MAX_COMPLETION_LENGTH="$(recipe_value MAX_COMPLETION_LENGTH)"
+BUDGET_CACHE="$(recipe_value BUDGET_CACHE)"
 if [ ! -s "$MODEL/config.json" ]; then
     echo "no model at $MODEL: the demo starts from the shipped warm base (make model rebuilds it), or set MODEL" >&2
     exit 1
@@ -35,6 +38,9 @@ if [ "$MODEL" = "$SHIPPED" ]; then
     step 0-warm-base "$PYTHON" -m safe_qaq.toy.warm_start --check  # the shipped base, built by today's code
 fi
 step 0-prepare-data "$PYTHON" -m safe_qaq.prepare --input data/calls/metadata.jsonl --out "$DATA_DIR" --no-progress
+# The token counts of the stages' row sets in one ms-swift load; each stage's budget check then reuses them.
+step 0-count-tokens "$PYTHON" -m safe_qaq.budget count --model "$MODEL" --cache-dir "$BUDGET_CACHE" \
+    "$DATA_DIR"/{offline_train,sft_train,realtime_train}.jsonl
 stages="$("$PYTHON" -m safe_qaq.stages)"  # the registry: key, step, script, kind, run folder
 outputs=()
 grpo_runs=()
@@ -65,9 +71,8 @@ step 4-evaluate "$PYTHON" -m safe_qaq.evaluate "${eval_args[@]}"
 step 4-live-calls "$PYTHON" -m safe_qaq.live eval --model "$FINAL" --calls "$DATA_DIR/calls_test.jsonl" \
     --out "$OUTPUT_ROOT/live" --limit "$LIVE_LIMIT" --max-rounds 2 --max-tokens "$MAX_COMPLETION_LENGTH" \
     --overwrite --quiet --name demo-final
-for run in "${grpo_runs[@]}"; do
-    step "4-curves-$run" "$PYTHON" -m safe_qaq.plots curves "$OUTPUT_ROOT/$run" --out "$OUTPUT_ROOT/${run}_curves.png"
-done
+grpo_dirs=("${grpo_runs[@]/#/$OUTPUT_ROOT/}")
+step 4-curves "$PYTHON" -m safe_qaq.plots curves "${grpo_dirs[@]}" --out-dir "$OUTPUT_ROOT"  # one process for all
 
 summary_table() { sed '/^$/q' "$1"; }  # the first table of a metrics file (per-class detail follows)
 echo

@@ -8,8 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 key="${1:?usage: bash scripts/rollout.sh stage1|lcrl|realtime [swift rollout arguments]}"
 shift
-argv_of rollout_argv "$key" rollout
-argv_of start "$key" start
+plan_of "$key" rollout_argv=rollout start=start
 if [ "${#start[@]}" -gt 0 ]; then require_stage "${start[0]}" "${start[1]}"; fi
 say ">>> rollout server ($key): ${rollout_argv[1]} on port $VLLM_SERVER_PORT"
 run "$SWIFT" rollout "${rollout_argv[@]}" "$@"

@@ -118,3 +118,26 @@ def test_an_unreadable_audio_is_dropped_with_its_reason(tiny_model, prepared, tm
     (dropped,) = read_jsonl(tmp_path / "rows.kept.over_budget.jsonl")
     assert dropped["row"] == 4 and dropped["reason"].startswith("unreadable_audio") and "gone.flac" in dropped["reason"]
     assert len(read_jsonl(out)) == 19
+
+
+def test_counted_ahead_in_one_call_the_stage_check_reuses_the_same_counts(tiny_model, prepared, tmp_path, capsys):
+    """`budget count` (the demo, before its first stage): several sets, one ms-swift load; a stage's check then
+    reuses them and keeps exactly what a cold check keeps."""
+    sets = []
+    for name, n in (("offline_train.jsonl", 3), ("realtime_train.jsonl", 2)):
+        sets.append(write_jsonl(tmp_path / name, read_jsonl(prepared / name)[:n]))
+    cache = tmp_path / "cache"
+    assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), *map(str, sets)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"budget: {n} rows of {path} counted -> {cache}" for path, n in zip(sets, (3, 2), strict=True)]
+    assert len(list(cache.iterdir())) == 2
+    for dataset in sets:
+        warm, cold = tmp_path / "warm" / dataset.name, tmp_path / "cold" / dataset.name
+        assert run_budget(tiny_model, dataset, warm, cache_dir=cache) == 0
+        assert "(token counts reused)" in capsys.readouterr().out
+        assert run_budget(tiny_model, dataset, cold) == 0
+        assert read_jsonl(warm) == read_jsonl(cold)
+    assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), str(sets[0])]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"counted before (cached) -> {cache}")
+    assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), str(tmp_path / "no.jsonl")]) == 1
+    assert capsys.readouterr().err.strip() == f"budget: no such file: {tmp_path / 'no.jsonl'}"

@@ -99,6 +99,20 @@ def test_curves_cli_writes_png_beside_each_log(tmp_path):
     assert plots.main(["curves", str(tmp_path / "nothing")]) == 1
 
 
+def test_curves_of_several_runs_in_one_call(tmp_path):
+    """What the demo runs once for its GRPO stages: RUN_curves.png per run in --out-dir."""
+    runs = []
+    for name in ("stage1_grpo", "stage2_lcrl"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "logging.jsonl").write_text("\n".join(grpo_log_lines()) + "\n")
+        runs.append(str(tmp_path / name))
+    assert plots.main(["curves", *runs, "--out-dir", str(tmp_path / "pngs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["stage1_grpo_curves.png", "stage2_lcrl_curves.png"]
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in (tmp_path / "pngs").iterdir())
+    with pytest.raises(SystemExit):  # --out names one file
+        plots.main(["curves", *runs, "--out", str(tmp_path / "one.png")])
+
+
 def test_curves_for_an_sft_log(tmp_path):
     log = tmp_path / "logging.jsonl"
     recs = [{"loss": 2.0 / s, "token_acc": 0.1 * s, "global_step/max_steps": f"{s}/3"} for s in (1, 2, 3)]
