@@ -481,3 +481,62 @@ def test_sigterm_finishes_the_call_in_flight(server):
     assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
     log = server.log.read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_a_model_error_fails_only_its_own_call(tmp_path):
+    """A batch that raises is asked again one prefix at a time: the call the model fails on gets an `error` event
+    and close code 1011; the call batched beside it gets its answers, and the server serves the next call. The
+    engine is the tests' stand-in (tests/helpers/engines.py) told to raise on a silent prefix."""
+    import threading
+
+    import uvicorn
+
+    from safe_qaq.service.app import CLOSE_MODEL_ERROR, Settings, create_app
+    from tests.helpers.engines import FakeEngine, listener
+
+    answer = listener(decide_after_s=0.0)
+
+    def policy(row, **kw):
+        if all(not np.any(sf.read(path)[0]) for path in row["audios"]):
+            raise RuntimeError("engine blew up on this prefix")
+        return answer(row, **kw)
+
+    engine = FakeEngine(policy, delay_s=0.5)
+    settings = Settings(use_vad=False, hop_s=2.0, history=False, work_dir=str(tmp_path / "work"))
+    app = create_app(engine, settings)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        url = f"ws://127.0.0.1:{port}/ws/call"
+        silent = bytes(2 * 6 * SAMPLE_RATE)
+        speech = pcm_of("call_002", 6.0)
+
+        async def later(call):  # after the lead call's first prefix has taken the engine (0.5 s a batch)
+            await asyncio.sleep(0.05)
+            return await call
+
+        async def three():
+            return await asyncio.gather(
+                _session(url, start_msg("lead"), frames_of(speech), wait=60),
+                later(_session(url, start_msg("silent"), frames_of(silent), wait=60)),
+                later(_session(url, start_msg("speech"), frames_of(speech), wait=60)),
+            )
+
+        _, (bad, bad_code, _), (good, good_code, _) = asyncio.run(three())
+        assert bad_code == CLOSE_MODEL_ERROR
+        (error,) = [e for e in bad if e["type"] == "error"]
+        assert error["code"] == "model_error" and "engine blew up on this prefix" in error["message"]
+        assert good_code == 1000 and good[-1]["type"] == "summary"
+        assert [e for e in good if e["type"] == "answer"] and not [e for e in good if e["type"] == "error"]
+        assert max(app.state.hub.batches) >= 2  # the two calls did share a batch, and only one failed
+        again, again_code, _ = asyncio.run(_session(url, start_msg("next"), frames_of(speech), wait=60))
+        assert again_code == 1000 and [e for e in again if e["type"] == "answer"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -349,8 +349,8 @@ class Hub:
                 try:
                     answered = await self.run_engine(self._answer, batch)
                     outcome = list(zip(batch, answered, strict=True))
-                except Exception:
-                    outcome = await self._isolate(batch) if len(batch) > 1 else [(batch[0], None)]
+                except Exception as exc:  # one call's prefix must not fail the others: ask them one by one
+                    outcome = await self._isolate(batch) if len(batch) > 1 else [(batch[0], exc)]
                 for due, got in outcome:
                     due.session.in_flight = False
                     if got is None or isinstance(got, Exception):
