@@ -32,6 +32,15 @@ def warm_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_chain(tmp_path_factory, tiny_model, prepared):
+    """The distributed LoRA chain (tests/helpers/chain.py), trained once: test_distributed checks the launch,
+    test_learning the merge (a merged model answers like base + adapter)."""
+    from tests.helpers.chain import build_chain
+
+    return build_chain(tmp_path_factory.mktemp("launch"), tiny_model, prepared)
+
+
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """The bundled calls through the real data pipeline (train/test split and all), once per session."""
     from safe_qaq import prepare

@@ -1,9 +1,8 @@
 """The distributed launch and serving, run for real on CPU with the tiny model (slow).
 
-One chain through the real stage scripts (PROFILE=smoke with the recipe's LoRA tuner, one step per stage):
-stage-1 GRPO on two processes, rejection sampling in two shards, the filter, then RSFT as a two-"node" run on
-localhost (two launches, NNODES=2, two processes each). CPU processes join over gloo (ACCELERATE_USE_CPU=true).
-Then the RSFT model is served with `swift deploy` and asked through the OpenAI-compatible backend.
+The chain (tests/helpers/chain.py, a session fixture shared with test_learning): stage-1 GRPO on two processes,
+rejection sampling in two shards, the filter, then RSFT as a two-"node" run on localhost (NNODES=2, one process
+each). Then the RSFT model is served with `swift deploy` and asked through the OpenAI-compatible backend.
 """
 
 from __future__ import annotations
@@ -21,101 +20,16 @@ from pathlib import Path
 import pytest
 
 from safe_qaq.jsonl import read_jsonl
+from tests.helpers.chain import Chain, launch_env
 from tests.helpers.cli import ROOT
-from tests.helpers.recipe_support import DIST_ENV, free_port
+from tests.helpers.recipe_support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.recipe]
 
 
-def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(("SAMPLE_", "VLLM_"))}
-    env.update(
-        PROFILE="smoke",
-        MODEL=str(tiny_model),
-        DATA_DIR=str(prepared),
-        OUTPUT_ROOT=str(root / "outputs"),
-        MAX_STEPS="1",
-        # The recipe's tuner and stage-1 rewards (LoRA on the language model, merged on node 0; the CPU profiles
-        # default to full tuning from the warm base), at the smallest sizes: a random model, 2 x 2 completions.
-        TUNER="lora",
-        STAGE1_REWARDS="adaptive_classification prompt_format think_length_reward_300",
-        NUM_GENERATIONS="2",
-        GRPO_BATCH="2",
-        GRAD_ACC="1",
-        RSFT_BATCH="2",
-        RSFT_GRAD_ACC="1",
-        MAX_COMPLETION_LENGTH="32",
-        SAMPLE_N="4",
-        SAVE_STEPS="1",
-        ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        SAFE_QAQ_REWARD_LOG=str(root / "rewards.jsonl"),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    )
-    env.update(extra)
-    return env
-
-
-def start(script: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    handle = open(log, "w")  # noqa: SIM115 - closed by finish()
-    process = subprocess.Popen(["bash", str(ROOT / script)], env=env, stdout=handle, stderr=subprocess.STDOUT)
-    process.log_handle = handle
-    return process
-
-
-def finish(process: subprocess.Popen, log: Path, timeout: int = 600) -> str:
-    try:
-        code = process.wait(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.log_handle.close()
-    text = log.read_text()
-    assert code == 0, f"{log.name} exited {code}:\n{text[-6000:]}"
-    return text
-
-
-class Chain:
-    def __init__(self, root: Path):
-        self.root = root
-        self.out = root / "outputs"
-        self.logs: dict[str, str] = {}
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, script: str, env: dict[str, str]) -> str:
-        started = time.time()
-        self.logs[name] = finish(start(script, env, self.root / f"{name}.log"), self.root / f"{name}.log")
-        self.seconds[name] = time.time() - started
-        return self.logs[name]
-
-
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, tiny_model, prepared) -> Chain:
-    root = tmp_path_factory.mktemp("launch")
-    chain = Chain(root)
-    env = launch_env(root, tiny_model, prepared)
-    chain.run("stage1", "run_swift_grpo_stage1.sh", {**env, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
-    chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
-    chain.run("process", "process_samples.sh", env)
-    if not (chain.out / "stage2_samples" / "rsft.jsonl").stat().st_size:
-        # The random tiny model solves no prompt; RSFT then trains on the gold rows, as the demo does (the stage
-        # script itself stops on an empty rsft.jsonl).
-        env = {**env, "RSFT_DATASET": str(prepared / "sft_train.jsonl")}
-    # Two "nodes" on localhost sharing OUTPUT_ROOT (a shared filesystem), started together.
-    nodes = {**env, "NNODES": "2", "NPROC_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    started = time.time()
-    launches = [
-        (rank, start("run_swift_sft_stage2_RSFT.sh", {**nodes, "NODE_RANK": rank}, root / f"rsft_node{rank}.log"))
-        for rank in ("0", "1")
-    ]
-    for rank, process in launches:
-        chain.logs[f"rsft_node{rank}"] = finish(process, root / f"rsft_node{rank}.log")
-    chain.seconds["rsft_two_nodes"] = time.time() - started
-    print("launch wall seconds:", {k: round(v) for k, v in chain.seconds.items()})
-    return chain
+def chain(lora_chain) -> Chain:
+    return lora_chain
 
 
 def adapter_keys(run: Path) -> list[str]:
@@ -179,7 +93,7 @@ def test_two_nodes_train_together_and_node_0_alone_merges(chain):
     node0, node1 = chain.logs["rsft_node0"], chain.logs["rsft_node1"]
     for log, rank in ((node0, 0), (node1, 1)):
         assert f"--nnodes 2 --node_rank {rank} --master_addr 127.0.0.1" in log
-        assert "world_size: 4, local_world_size: 2" in log
+        assert "world_size: 2, local_world_size: 1" in log
     assert node0.count("swift/cli/export.py") == 1 and "swift/cli/export.py" not in node1
     assert "node 1: training done; node 0 merges" in node1
     run = chain.out / "stage2_rsft"
