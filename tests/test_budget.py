@@ -139,5 +139,6 @@ def test_counted_ahead_in_one_call_the_stage_check_reuses_the_same_counts(tiny_m
         assert read_jsonl(warm) == read_jsonl(cold)
     assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), str(sets[0])]) == 0
     assert capsys.readouterr().out.strip().endswith(f"counted before (cached) -> {cache}")
-    assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), str(tmp_path / "no.jsonl")]) == 1
+    missing = tmp_path / "no.jsonl"
+    assert budget.main(["count", "--model", str(tiny_model), "--cache-dir", str(cache), str(missing)]) == 1
     assert capsys.readouterr().err.strip() == f"budget: no such file: {tmp_path / 'no.jsonl'}"

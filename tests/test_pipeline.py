@@ -22,6 +22,7 @@ def weights(directory):
 
 @pytest.mark.slow
 def test_demo_chain_runs_every_stage(tmp_path, warm_model):
+    import safe_qaq.toy.reward_plugin  # noqa: F401 -- registers smoke's EXTRA_PLUGINS reward (the toy-sized penalty)
     from safe_qaq.rewards import REWARDS
 
     out = tmp_path / "outputs"

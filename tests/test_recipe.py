@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import swift
 
+from safe_qaq import budget
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.jsonl import read_jsonl
 from tests.helpers.recipe_support import (
@@ -72,11 +73,13 @@ class Recipe:
         log = self.root / f"{scenario}.jsonl"
         env = {**self.env, **(extra or {}), "RECIPE_LOG": str(log)}
         self.outputs[scenario] = []
+        started = time.time()
         for step in steps:
             step = (step,) if isinstance(step, str) else step
             result = run_script(step[0], env, *step[1:])
             self.outputs[scenario].append(result.stdout + result.stderr)
         self.logs[scenario] = read_log(log)
+        print(f"scenario {scenario}: {len(steps)} scripts, {time.time() - started:.1f} s")
 
     def commands(self, scenario: str, tool: str | None = None, route: str | None = None) -> list[dict]:
         return [
@@ -122,6 +125,10 @@ def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
     }
     recipe = Recipe(root, standin, prepared, env)
     started = time.time()
+    # The token counts of every row set the scenarios check, counted once (as the demo does); each script's budget
+    # check still runs and reuses them (the cold path is tests/test_budget.py's).
+    sets = [prepared / f"{name}.jsonl" for name in ("offline_train", "sft_train", "realtime_train")]
+    assert budget.main(["count", "--model", str(standin), "--cache-dir", env["BUDGET_CACHE"], *map(str, sets)]) == 0
     recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
     # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
     recipe.server_port = free_port()

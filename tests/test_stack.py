@@ -1,13 +1,12 @@
 """The pinned stack really trains and generates Qwen2-Audio correctly (on the tiny local model)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers.cli import ROOT, run_cli, write_jsonl
+from tests.helpers.cli import ROOT
 
 TEMPLATE_PLUGIN = ROOT / "safe_qaq" / "qwen2_audio_template.py"
 
@@ -114,53 +113,3 @@ def test_padded_batch_generation_matches_teacher_forcing(tiny_model, audio_rows)
 )
 def test_stock_template_padded_batch_matches_teacher_forcing(tiny_model, audio_rows):
     assert _scores_vs_teacher_forcing(tiny_model, audio_rows[:2], "qwen2_audio") < 1e-4
-
-
-@pytest.mark.slow
-def test_swift_sft_grpo_and_batched_inference_cli(tiny_model, audio_rows, tmp_path):
-    """The real CLIs end to end: `swift sft` (LoRA, 1 step), `swift rlhf` GRPO (2 steps), batched inference."""
-    import prompt
-
-    sft_rows = [
-        {**row, "messages": prompt.build_messages("fraud", answer=prompt.format_answer("fraud", row["answers"]))}
-        for row in audio_rows
-    ]
-    sft_data = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
-    grpo_data = write_jsonl(tmp_path / "grpo.jsonl", audio_rows)
-    common = [
-        "--model", str(tiny_model), "--model_type", "qwen2_audio", "--template", "qwen2_audio_expanded",
-        "--check_model", "false", "--torch_dtype", "float32", "--tuner_type", "lora", "--lora_rank", "4",
-        "--target_modules", "q_proj", "v_proj", "--add_version", "false", "--report_to", "none",
-        "--dataloader_num_workers", "0", "--save_steps", "1", "--logging_steps", "1",
-    ]  # fmt: skip
-    run_cli(
-        ["swift", "sft", *common, "--external_plugins", str(TEMPLATE_PLUGIN), "--dataset", str(sft_data),
-         "--max_steps", "1", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "sft")],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert (tmp_path / "sft" / "checkpoint-1" / "adapter_model.safetensors").exists()
-
-    run_cli(
-        ["swift", "rlhf", "--rlhf_type", "grpo", *common,
-         "--external_plugins", str(TEMPLATE_PLUGIN), str(ROOT / "rewards.py"),
-         "--reward_funcs", "adaptive_classification", "prompt_format", "--dataset", str(grpo_data),
-         "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
-         "--max_completion_length", "12", "--output_dir", str(tmp_path / "grpo")],
-        cwd=tmp_path,
-    )  # fmt: skip
-    checkpoint = tmp_path / "grpo" / "checkpoint-2"
-    assert (checkpoint / "adapter_model.safetensors").exists()
-    logged = [json.loads(line) for line in (tmp_path / "grpo" / "logging.jsonl").read_text().splitlines()]
-    assert any("rewards/AdaptiveClassification/mean" in entry for entry in logged)
-
-    script = (
-        "import json, sys\n"
-        "from safe_qaq.engine import make_engine\n"
-        "rows = [json.loads(line) for line in open(sys.argv[3])]\n"
-        "engine = make_engine(sys.argv[1], adapters=[sys.argv[2]], max_batch_size=4)\n"
-        "print(json.dumps(engine.generate(rows, max_tokens=6)))\n"
-    )
-    result = run_cli([sys.executable, "-c", script, str(tiny_model), str(checkpoint), str(grpo_data)], cwd=tmp_path)
-    outputs = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(outputs) == len(audio_rows)
-    assert all(len(texts) == 1 and texts[0] for texts in outputs)
