@@ -565,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("stage")
     one.add_argument("part")
     one.add_argument("extra", nargs="*")
-    plan = sub.add_parser("plan", help="several commands of one stage at once (PART or PART:ARG), each as COUNT then its arguments, NUL-separated")
+    plan = sub.add_parser(
+        "plan", help="several commands of one stage (PART or PART:ARG): each COUNT then its arguments, NUL-separated"
+    )
     plan.add_argument("stage")
     plan.add_argument("parts", nargs="+")
     sub.add_parser("token", help="the content token of a run's last checkpoint").add_argument("run_dir")

@@ -134,6 +134,30 @@ def test_the_registry_chains_each_stage_to_the_previous_merged_model():
 # --- dry runs ------------------------------------------------------------------------------------------------------
 
 
+def test_plan_gives_each_part_the_recipe_builds_in_one_call(capsys, monkeypatch):
+    """What the stage scripts load with one Python start-up: each part's arguments, in the order asked, and each
+    stage's run folder among the env lines."""
+    monkeypatch.setenv("PROFILE", "paper")
+    s = recipe.load("paper")
+    names = ("start", "dataset", "budget", "train", "merge")
+    assert recipe.main(["plan", "stage1", *names]) == 0
+    fields = capsys.readouterr().out.split("\0")[:-1]
+    parts = []
+    while fields:
+        n, fields = int(fields[0]), fields[1:]
+        parts.append(fields[:n])
+        fields = fields[n:]
+    assert parts == [recipe.argv_for(s, "stage1", part, []) for part in names]
+    assert recipe.main(["plan", "sample", "sample:1"]) == 0
+    assert capsys.readouterr().out.split("\0")[1:-1] == recipe.sample_argv(s, 1)
+    assert recipe.main(["env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for st in stages.STAGES:
+        assert f"RUN_DIR_{st.key}={s.run_dir(st.key)}" in lines
+    assert recipe.main(["plan", "stage1", "nonsense"]) == 2
+    assert "unknown command part 'nonsense'" in capsys.readouterr().err
+
+
 def test_a_dry_run_prints_every_stage_command_and_runs_nothing(tmp_path):
     out = tmp_path / "out dir [x]"  # a space and glob characters: every path must stay one quoted argument
     env = {"OUTPUT_ROOT": str(out), "MODEL": str(tmp_path / "model")}
