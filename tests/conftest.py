@@ -3,10 +3,9 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.helpers.cli import BUNDLED_CALLS, ROOT, run_cli, write_jsonl  # noqa: F401 -- re-exported for older imports
+from tests.helpers.cli import BUNDLED_CALLS, write_tone
 
 # Keep CPU runs lean and offline: no hub access, one thread per op on this shared machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,16 +47,6 @@ def prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     assert prepare.main(["--input", str(BUNDLED_CALLS), "--out", str(out), "--no-progress"]) == 0
     return out
-
-
-def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(16000 * seconds)) / 16000
-    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
-    sf.write(path, wave.astype(np.float32), 16000)
-    return path
 
 
 @pytest.fixture(scope="session")

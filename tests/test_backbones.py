@@ -139,7 +139,7 @@ def test_ms_swift_turns_truncation_off_for_omni_v3_only():
 
 
 def test_nothing_outside_the_entries_names_a_family():
-    from tests.conftest import ROOT
+    from tests.helpers.cli import ROOT
 
     allowed = {"backbones.py", "omni_audio.py", "tiny_omni.py", "tiny_model.py", "qwen2_audio_template.py"}
     for path in (ROOT / "safe_qaq").rglob("*.py"):

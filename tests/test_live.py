@@ -206,7 +206,7 @@ def test_without_turns_prefixes_end_at_detected_pauses(tmp_path):
     from safe_qaq.audio import decode
     from safe_qaq.calls import load_calls
     from safe_qaq.stream import plan_file
-    from tests.conftest import BUNDLED_CALLS
+    from tests.helpers.cli import BUNDLED_CALLS
 
     audio = load_calls(BUNDLED_CALLS)[0].audio
     samples = decode(audio)

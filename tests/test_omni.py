@@ -12,7 +12,7 @@ import torch
 
 import prompt
 from safe_qaq import backbones
-from tests.conftest import write_tone
+from tests.helpers.cli import write_tone
 
 OMNI = backbones.get("qwen2_5_omni")
 
@@ -134,7 +134,7 @@ def test_smoke_chain_runs_every_stage_on_the_tiny_omni(tiny_omni, tmp_path):
     """`make demo`'s chain with MODEL_FAMILY=qwen2_5_omni on the tiny thinker: GRPO, sampling, filter, RSFT, LCRL,
     stage 3, evaluation and live calls, one step each and the smallest groups (cost: minutes on 2 loaded cores)."""
     from safe_qaq.jsonl import read_jsonl
-    from tests.conftest import ROOT, run_cli
+    from tests.helpers.cli import ROOT, run_cli
 
     out = tmp_path / "outputs"
     env = {

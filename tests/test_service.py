@@ -25,7 +25,7 @@ import soundfile as sf
 from safe_qaq.audio import SAMPLE_RATE, decode
 from safe_qaq.calls import load_calls
 from safe_qaq.stream import PrefixPlanner, StreamChunks, plan_file, to_pcm16
-from tests.conftest import BUNDLED_CALLS, ROOT
+from tests.helpers.cli import BUNDLED_CALLS, ROOT
 
 KEY = "test-key-7f3a"
 # Fast settings: 8 new tokens, the fraud task alone, prefixes every 3 s when no pause is found.

@@ -28,3 +28,15 @@ def run_cli(
         command = " ".join(map(str, args))
         raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
+    """A noisy sine tone as a 16 kHz WAV (a stand-in for call audio where words do not matter)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
+    sf.write(path, wave.astype(np.float32), 16000)
+    return path
