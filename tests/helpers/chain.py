@@ -23,6 +23,7 @@ def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> di
         DATA_DIR=str(prepared),
         OUTPUT_ROOT=str(root / "outputs"),
         MAX_STEPS="1",
+        WARMUP_RATIO="0",  # with one step, any warm-up makes it a step at learning rate 0 (nothing would move)
         # The recipe's tuner and stage-1 rewards (LoRA on the language model, merged on node 0; the CPU profiles
         # default to full tuning from the warm base), at the smallest sizes: a random model, 2 x 2 completions.
         TUNER="lora",
