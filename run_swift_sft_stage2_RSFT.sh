@@ -5,7 +5,7 @@ source "$(dirname "$0")/scripts/common.sh"
 samples="$(run_dir process)"
 if [ -z "${RSFT_DATASET:-}" ]; then
     # process_samples.sh (node 0) writes the token of the stage-1 checkpoint the samples came from, when it is done.
-    wait_for_node0 "$samples/rsft.jsonl" "$samples/source_checkpoint.txt" "$(checkpoint_token "$(run_dir stage1)")"
+    wait_for_node0 "$samples/rsft.jsonl" "$samples/source_checkpoint.txt" "$(run_dir stage1)"
 else
     wait_for_node0 "$RSFT_DATASET"
 fi

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,9 @@ class Settings(Mapping):
     profile: str
     data: dict[str, Any]
     origin: dict[str, str]  # where each value came from: paper, the overlay's name, or env
+    # The environment it was loaded with: the per-run replacements below (a stage's dataset, its reward set, stage
+    # 1's model) are read from it, so settings loaded for another environment never mix in this process's.
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -120,20 +123,20 @@ class Settings(Mapping):
         """The model a stage starts from: the previous stage's merged model, or MODEL (stage 1)."""
         s = stage(key)
         if s.start is None:
-            return os.environ.get("STAGE1_MODEL") or str(self["MODEL"])
+            return self.env.get("STAGE1_MODEL") or str(self["MODEL"])
         return str(self.merged(s.start))
 
     def dataset(self, key: str) -> Path:
         s = stage(key)
-        if s.dataset_env and os.environ.get(s.dataset_env):
-            return Path(os.environ[s.dataset_env])
+        if s.dataset_env and self.env.get(s.dataset_env):
+            return Path(self.env[s.dataset_env])
         folder = self.run_dir(s.dataset_from) if s.dataset_from else self.path("DATA_DIR")
         return folder / s.dataset
 
     def rewards(self, key: str) -> list[str]:
         s = stage(key)
-        if os.environ.get("REWARD_FUNCS"):  # one stage's set replaced for one run
-            return os.environ["REWARD_FUNCS"].split()
+        if self.env.get("REWARD_FUNCS"):  # one stage's set replaced for one run
+            return self.env["REWARD_FUNCS"].split()
         return list(self[s.rewards]) if s.rewards else []
 
     def processes(self) -> int:
@@ -167,7 +170,7 @@ def load(profile: str | None = None, env: Mapping[str, str] | None = None) -> Se
         if values.get(key) and not Path(str(values[key])).is_absolute():
             values[key] = os.path.abspath(values[key]) if origin[key] == "env" else str(ROOT / str(values[key]))
     _derive(values)
-    settings = Settings(profile, values, origin)
+    settings = Settings(profile, values, origin, env)
     validate(settings)
     return settings
 

@@ -95,16 +95,19 @@ check_file() {
 # token of the checkpoint it was made from -- never by modification times, which different machines' clocks write.
 is_main_node() { [ "${NODE_RANK:-0}" = "0" ]; }
 
-# wait_for_node0 FILE [TOKEN_FILE TOKEN]: on a node other than 0, until FILE exists (and TOKEN_FILE holds TOKEN).
+# wait_for_node0 FILE [TOKEN_FILE RUN]: on a node other than 0, until FILE exists (and TOKEN_FILE holds the token of
+# RUN's last checkpoint). The token is read again each time: when this node's training ends, rank 0 (on node 0) may
+# still be saving that checkpoint, so a token taken once could name a half-written one and never match.
 wait_for_node0() {
-    local file="$1" token_file="${2:-}" token="${3:-}" waited=0
+    local file="$1" token_file="${2:-}" run="${3:-}" waited=0
     if is_main_node || dry_run; then return 0; fi
-    while [ ! -e "$file" ] || { [ -n "$token_file" ] && [ "$(cat "$token_file" 2>/dev/null)" != "$token" ]; }; do
+    while [ ! -e "$file" ] || { [ -n "$token_file" ] && [ "$(cat "$token_file" 2>/dev/null)" != "$(checkpoint_token "$run")" ]; }; do
         if (( waited >= NODE_WAIT_SECONDS )); then
             echo "node $NODE_RANK: $file (of this run) did not appear within NODE_WAIT_SECONDS=$NODE_WAIT_SECONDS s;" \
                  "node 0 writes it, so OUTPUT_ROOT must be on a filesystem every node shares" >&2
             exit 1
         fi
+        if (( waited == 0 )); then echo "node $NODE_RANK: waiting for node 0 to write $file"; fi
         sleep 5
         waited=$((waited + 5))
     done
@@ -117,7 +120,7 @@ require_stage() {
     local run merged
     run="$(run_dir "$1")"
     merged="$run/merged"
-    wait_for_node0 "$merged/config.json" "$merged/source_checkpoint.txt" "$(checkpoint_token "$run")"
+    wait_for_node0 "$merged/config.json" "$merged/source_checkpoint.txt" "$run"
     check_file "$merged/config.json" "run the previous stage ($2) first"
 }
 

@@ -31,12 +31,12 @@ def warm_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def lora_chain(tmp_path_factory, tiny_model, prepared):
+def lora_chain(tmp_path_factory, warm_model, prepared):
     """The distributed LoRA chain (tests/helpers/chain.py), trained once: test_distributed checks the launch,
     test_learning the merge (a merged model answers like base + adapter)."""
     from tests.helpers.chain import build_chain
 
-    return build_chain(tmp_path_factory.mktemp("launch"), tiny_model, prepared)
+    return build_chain(tmp_path_factory.mktemp("launch"), warm_model, prepared)
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +70,21 @@ def audio_rows(tmp_path_factory) -> list[dict]:
             }
         )
     return rows
+
+
+@pytest.fixture(scope="session")
+def paper_recipe(tmp_path_factory, tiny_model, prepared):
+    """`make check-recipe`'s scenarios and what ms-swift parsed of every command, Qwen2-Audio and the Omni
+    backbones in one set of launches (tests/helpers/paper_recipe.py): test_recipe and test_recipe_omni."""
+    from tests.helpers.paper_recipe import build_recipe
+
+    return build_recipe(tmp_path_factory.mktemp("recipe"), tiny_model, prepared)
+
+
+@pytest.fixture(scope="session")
+def demo_chain(tmp_path_factory, warm_model):
+    """scripts/demo.sh from the shipped warm base, two steps a stage (tests/helpers/chain.py): test_pipeline checks
+    the chain and reads its logs."""
+    from tests.helpers.chain import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo"), warm_model)

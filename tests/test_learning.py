@@ -4,7 +4,7 @@
 * training and inference format a prompt the same way: SFT on four rows (one a two-chunk call)
   to near-zero loss, then ``safe_qaq.evaluate`` reproduces the four gold answers exactly;
 * the rewards ms-swift logged for GRPO completions equal ours recomputed offline;
-* a merged model answers exactly like base + adapter (the shared distributed chain's RSFT run);
+* a merged model answers exactly like base + adapter (the shared distributed chain's stage-1 run);
 * GRPO learns: a few steps from the shipped warm base on a handful of toy rows raise the mean accuracy
   reward, and the same steps with the reward's sign flipped (a test-only plugin) do not.
 """
@@ -148,29 +148,24 @@ def test_logged_grpo_rewards_equal_ours_recomputed(overfit, tmp_path):
 
 
 @pytest.mark.recipe  # the shared chain runs torchrun
-def test_merged_model_answers_like_base_plus_adapter(lora_chain, prepared, tmp_path):
-    """The chain's RSFT run (LoRA, trained on two "nodes", merged by the stage script's `swift export`): the merged
-    model answers greedily exactly like its start model with the adapter on top."""
-    run = lora_chain.out / "stage2_rsft"
-    base, adapter, merged = lora_chain.out / "stage1_grpo" / "merged", run / "last-checkpoint", run / "merged"
+def test_merged_model_answers_like_base_plus_adapter(lora_chain, warm_model, prepared):
+    """The chain's stage-1 run (LoRA, trained on two "nodes", merged by the stage script's `swift export`): the
+    merged model answers greedily exactly like its start model with the adapter on top (both engines in this
+    process: the comparison needs no start-up of its own)."""
+    from safe_qaq.engine import make_engine
+
+    run = lora_chain.out / "stage1_grpo"
+    base, adapter, merged = warm_model, run / "last-checkpoint", run / "merged"
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
     lora_b = {n: t for n, t in weights(adapter).items() if "lora_B" in n}
     assert lora_b and any(t.abs().max() > 0 for t in lora_b.values())  # B starts at zero: it moved
     assert moved(weights(base), weights(merged))
-    data = write_jsonl(tmp_path / "rows.jsonl", four_rows(prepared))
-    script = (  # both engines in one process: the comparison does not need two start-ups
-        "import json, sys\n"
-        "from safe_qaq.engine import make_engine\n"
-        "rows = [json.loads(line) for line in open(sys.argv[1])]\n"
-        "texts = {}\n"
-        "for name, model, adapters in (('merged', sys.argv[2], []), ('adapted', sys.argv[3], [sys.argv[4]])):\n"
-        "    engine = make_engine(model, adapters=adapters, max_batch_size=4)\n"
-        "    texts[name] = engine.generate(rows, temperature=0.0, max_tokens=48)\n"
-        "    del engine\n"
-        "print(json.dumps(texts))\n"
-    )
-    result = run_cli(["python", "-c", script, str(data), str(merged), str(base), str(adapter)], cwd=tmp_path)
-    texts = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = four_rows(prepared)
+    texts = {}
+    for name, model, adapters in (("merged", merged, []), ("adapted", base, [str(adapter)])):
+        engine = make_engine(str(model), adapters=adapters, max_batch_size=4)
+        texts[name] = engine.generate(rows, temperature=0.0, max_tokens=48)
+        del engine
     assert texts["merged"] == texts["adapted"]
     assert len(texts["merged"]) == 4 and all(t[0] for t in texts["merged"])
 

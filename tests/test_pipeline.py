@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from safe_qaq import recipe, stages
 from safe_qaq.jsonl import read_jsonl
-from tests.helpers.cli import ROOT, run_cli
 
 TRAINED = [stage.run_dir for stage in stages.TRAINING]
 
@@ -21,22 +20,11 @@ def weights(directory):
 
 
 @pytest.mark.slow
-def test_demo_chain_runs_every_stage(tmp_path, warm_model):
+def test_demo_chain_runs_every_stage(demo_chain, warm_model):
     import safe_qaq.toy.reward_plugin  # noqa: F401 -- registers smoke's EXTRA_PLUGINS reward (the toy-sized penalty)
     from safe_qaq.rewards import REWARDS
 
-    out = tmp_path / "outputs"
-    env = {
-        "OUTPUT_ROOT": str(out),
-        "DATA_DIR": str(tmp_path / "prepared"),
-        "MODEL": str(warm_model),
-        "MAX_STEPS": "2",
-        "SAMPLE_LIMIT": "2",
-        "EVAL_LIMIT": "3",
-        "LIVE_LIMIT": "1",
-    }
-    result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=tmp_path, timeout=900, env=env)
-    print(result.stdout)
+    out, stdout = demo_chain.out, demo_chain.stdout
 
     # every training stage saved a checkpoint and the model the next stage starts from
     for stage in TRAINED:
@@ -80,7 +68,32 @@ def test_demo_chain_runs_every_stage(tmp_path, warm_model):
     assert (out / "live").is_dir()
     for stage in stages.GRPO:
         assert (out / f"{stage.run_dir}_curves.png").exists(), stage.key
-    assert "| 1 GRPO (SAFE-RL) | accuracy reward |" in result.stdout
-    assert "| 3 real time (SAFE-Real) | stage reward |" in result.stdout
+    assert "| 1 GRPO (SAFE-RL) | accuracy reward |" in stdout
+    assert "| 3 real time (SAFE-Real) | stage reward |" in stdout
     for step in [stage.step for stage in stages.STAGES if stage.kind != "evaluate"] + ["4-evaluate", "4-live-calls"]:
-        assert re.search(rf"{step}\s+ok", result.stdout), step
+        assert re.search(rf"{step}\s+ok", stdout), step
+
+
+@pytest.mark.slow
+def test_gpu_report_reads_every_stage_the_demo_leaves(demo_chain):
+    """scripts/gpu_report.py (the part of gpu_check.sh a CPU can run) on the demo's real logs: GRPO's step times,
+    SFT's trainer speed (its log has no step_time), the sampler's completions."""
+    from tests.helpers.cli import load_gpu_report
+
+    gpu_report = load_gpu_report()
+    check = demo_chain.out / "gpu_check"
+    check.mkdir(exist_ok=True)
+    timed = ("1-grpo", "2a-sample", "2b-rsft", "2c-lcrl", "3-realtime")
+    lines = [json.dumps({"stage": step, "ms": demo_chain.seconds[step] * 1000}) for step in timed]
+    (check / "timings.jsonl").write_text("\n".join(lines) + "\n")
+    assert gpu_report.main([str(demo_chain.out)]) == 0
+    rows = {row["stage"]: row for row in json.loads((check / "report.json").read_text())}
+    for step in ("1-grpo", "2c-lcrl", "3-realtime"):
+        log = demo_chain.out / gpu_report.BY_STEP[step].run_dir / "logging.jsonl"
+        times = [e["step_time"] for e in read_jsonl(log) if "loss" in e]
+        assert rows[step]["steps"] == len(times) == 2 and rows[step]["s_per_step"] == pytest.approx(sum(times) / 2)
+        assert rows[step]["rollout_tokens_per_s"] > 0
+    rsft = [e for e in read_jsonl(demo_chain.out / "stage2_rsft" / "logging.jsonl") if "loss" in e]
+    assert rows["2b-rsft"]["steps"] == 2 and rows["2b-rsft"]["s_per_step"] == rsft[-1]["train_speed(s/it)"]
+    assert rows["2a-sample"]["completions"] == 2 * 8 and rows["2a-sample"]["rollout_tokens_per_s"] > 0
+    assert "| 2b-rsft |" in (check / "report.md").read_text()

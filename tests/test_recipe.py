@@ -3,7 +3,8 @@
 The stage scripts run for real with stand-in `swift`/`python` executables that record each command, for the
 default launch, vLLM server mode, two nodes, sampler shards and a resumed stage. Every recorded `swift` command
 is then parsed by ms-swift 4.6's own argument classes, under torchrun with the world size it would run with,
-against a config-only Qwen2-Audio-7B-Instruct (tests/helpers/recipe_support.py). The tests assert what ms-swift does
+against a config-only Qwen2-Audio-7B-Instruct (tests/helpers/paper_recipe.py, a session fixture it shares with
+tests/test_recipe_omni.py). The tests assert what ms-swift does
 not check itself. The only stubs are GPU-only checks, named in tests/helpers/recipe_parse.py's STUBS.
 """
 
@@ -12,84 +13,24 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import swift
 
-from safe_qaq import budget
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
 from safe_qaq.jsonl import read_jsonl
-from tests.helpers.recipe_support import (
-    MODEL_POSITIONS,
-    UNVERIFIED,
-    build_standin,
-    free_port,
-    launch_parse,
-    read_log,
-    run_script,
-    torchrun_args,
-    write_standin_tools,
-)
+from tests.helpers.paper_recipe import MULTI_NODE, TRAINING, Recipe
+from tests.helpers.recipe_support import MODEL_POSITIONS, UNVERIFIED, read_log, run_script
 
 pytestmark = pytest.mark.recipe
 
-CHAIN = [
-    "run_swift_grpo_stage1.sh",
-    "sample.sh",
-    "process_samples.sh",
-    "run_swift_sft_stage2_RSFT.sh",
-    "run_swift_grpo_stage2_LCRL.sh",
-    "run_swift_grpo_stage3.sh",
-    "evaluate.sh",
-]
-SERVER_CHAIN = [
-    ("scripts/rollout.sh", "stage1"),
-    ("run_swift_grpo_stage1.sh",),
-    ("sample.sh",),
-    ("process_samples.sh",),
-    ("run_swift_sft_stage2_RSFT.sh",),
-    ("scripts/rollout.sh", "lcrl"),
-    ("run_swift_grpo_stage2_LCRL.sh",),
-    ("scripts/rollout.sh", "realtime"),
-    ("run_swift_grpo_stage3.sh",),
-]
-TRAINING = ("rlhf", "sft")
-MULTI_NODE = {"NNODES": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
 
-
-class Recipe:
-    """Every scenario's recorded commands, the scripts' outputs, and what ms-swift parsed."""
-
-    def __init__(self, root: Path, standin: Path, prepared: Path, env: dict[str, str]):
-        self.root, self.standin, self.prepared, self.env = root, standin, prepared, env
-        self.logs: dict[str, list[dict]] = {}
-        self.outputs: dict[str, list[str]] = {}
-        self.parsed: dict[int, dict] = {}  # id(command) -> parsed args
-
-    def run(self, scenario: str, steps, extra: dict[str, str] | None = None) -> None:
-        log = self.root / f"{scenario}.jsonl"
-        env = {**self.env, **(extra or {}), "RECIPE_LOG": str(log)}
-        self.outputs[scenario] = []
-        started = time.time()
-        for step in steps:
-            step = (step,) if isinstance(step, str) else step
-            result = run_script(step[0], env, *step[1:])
-            self.outputs[scenario].append(result.stdout + result.stderr)
-        self.logs[scenario] = read_log(log)
-        print(f"scenario {scenario}: {len(steps)} scripts, {time.time() - started:.1f} s")
-
-    def commands(self, scenario: str, tool: str | None = None, route: str | None = None) -> list[dict]:
-        return [
-            c
-            for c in self.logs[scenario]
-            if (tool is None or c["tool"] == tool) and (route is None or c["route"] == route)
-        ]
-
-    def args(self, command: dict) -> dict:
-        return self.parsed[id(command)]
+@pytest.fixture(scope="module")
+def recipe(paper_recipe) -> Recipe:
+    """Every scenario's recorded commands and what ms-swift parsed of them (tests/helpers/paper_recipe.py)."""
+    return paper_recipe
 
 
 def flag(argv: list[str], name: str) -> str | None:
@@ -106,75 +47,6 @@ def flag_values(argv: list[str], name: str) -> list[str]:
             break
         values.append(item)
     return values
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory, tiny_model, prepared) -> Recipe:
-    root = tmp_path_factory.mktemp("recipe")
-    standin = build_standin(tiny_model, root / "Qwen2-Audio-7B-Instruct")
-    tools = write_standin_tools(root / "bin")
-    env = {
-        "PROFILE": "paper",
-        "MODEL": str(standin),
-        "DATA_DIR": str(prepared),
-        "OUTPUT_ROOT": str(root / "outputs"),
-        "RECIPE_STANDIN": str(standin),
-        "RECIPE_RSFT_ROWS": str(prepared / "sft_train.jsonl"),
-        "BUDGET_CACHE": str(root / "budget_cache"),  # shared by every scenario, as by a user's reruns
-        **tools,
-    }
-    recipe = Recipe(root, standin, prepared, env)
-    started = time.time()
-    # The token counts of every row set the scenarios check, counted once (as the demo does); each script's budget
-    # check still runs and reuses them (the cold path is tests/test_budget.py's).
-    sets = [prepared / f"{name}.jsonl" for name in ("offline_train", "sft_train", "realtime_train")]
-    assert budget.main(["count", "--model", str(standin), "--cache-dir", env["BUDGET_CACHE"], *map(str, sets)]) == 0
-    recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
-    # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
-    recipe.server_port = free_port()
-    recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": str(recipe.server_port)})
-    recipe.run("node0", CHAIN, {**MULTI_NODE, "NODE_RANK": "0"})
-    recipe.run("node1", CHAIN, {**MULTI_NODE, "NODE_RANK": "1"})
-    samples = root / "outputs" / "stage2_samples"
-    (samples / "samples.shard7.jsonl").write_text("")  # left by an earlier run with more shards
-    recipe.run("shards", ["sample.sh", "process_samples.sh"], {"SAMPLE_SHARDS": "4"})
-    checkpoint = root / "outputs" / "stage1_grpo" / "checkpoint-100"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    recipe.run("resume", ["run_swift_grpo_stage1.sh"], {"RESUME_FROM_CHECKPOINT": str(checkpoint)})
-    recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
-
-    print(f"scripts: {time.time() - started:.0f} s")
-    started = time.time()
-    # One launch per world the commands would run in, all started at once (the two nodes must rendezvous).
-    single = [c for s in ("paper", "server", "resume") for c in recipe.logs[s] if c["route"] in TRAINING]
-    nodes = [[c for c in recipe.logs[s] if c["route"] in TRAINING] for s in ("node0", "node1")]
-    plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] not in TRAINING]
-    plain = [c for c in plain if c["tool"] == "swift"]  # run without torchrun: export, rollout, deploy
-    launches = [(torchrun_args(single[0]["env"]), single)]
-    assert all(torchrun_args(c["env"]) == launches[0][0] for c in single)
-    port = str(free_port())
-    for node_commands in nodes:
-        launch = torchrun_args(node_commands[0]["env"])
-        # The nodes' address (10.0.0.1 in the scripts' environment) is this machine here.
-        launch[launch.index("--master_addr") + 1] = "127.0.0.1"
-        launch[launch.index("--master_port") + 1] = port
-        launches.append((launch, node_commands))
-    one_gpu = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
-    launches.append((torchrun_args(one_gpu[0]["env"]), one_gpu))
-    launches.append((None, plain))
-    work = root / "parse"
-    work.mkdir()
-    results = launch_parse(
-        [(launch, [{"route": c["route"], "argv": c["argv"]} for c in commands]) for launch, commands in launches],
-        work,
-    )
-    print(f"parse: {time.time() - started:.0f} s")
-    recipe.stubs = results[0]["stubs"]
-    for (_, commands), result in zip(launches, results, strict=True):
-        assert len(result["results"]) == len(commands)
-        for command, parsed in zip(commands, result["results"], strict=True):
-            recipe.parsed[id(command)] = parsed["args"]
-    return recipe
 
 
 def test_the_standin_is_qwen2_audio_7b_instruct_without_weights(recipe):
@@ -377,6 +249,8 @@ def test_two_nodes_merge_and_sample_on_node_0_only(recipe):
         assert a["argv"] == b["argv"] and (a["env"]["NODE_RANK"], b["env"]["NODE_RANK"]) == ("0", "1")
     text = "\n".join(recipe.outputs["node1"])
     assert text.count("training done; node 0 merges") == 4
+    # Node 1 ran beside node 0 and started each stage from what node 0 merged (it waited for each that was not there).
+    print("node 1 waited:", [line for line in text.splitlines() if "waiting for node 0" in line])
     assert "sampling runs on node 0 only" in text
 
 

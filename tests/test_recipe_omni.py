@@ -1,7 +1,8 @@
 """`make check-recipe` for the Omni backbones: every stage command of the paper profile for Qwen2.5-Omni-7B and
 Qwen3-Omni-30B-A3B-Instruct, built by safe_qaq.recipe and parsed by ms-swift 4.6's own argument classes under
 torchrun (3 processes, the paper's launch), against config-only stand-ins (published config values, a tiny
-tokenizer, no weights). The invariants of tests/test_recipe.py are asserted per family.
+tokenizer, no weights: tests/helpers/omni_recipe.py). They are parsed in the same launches as the Qwen2-Audio
+scenarios (tests/helpers/paper_recipe.py). The invariants of tests/test_recipe.py are asserted per family.
 
 What is not run here: the stage scripts' token budget (safe_qaq.budget loads the model's processor, and
 transformers' Qwen2.5-Omni/Qwen3-Omni processors need torchvision, which does not load on the CPU torch:
@@ -13,112 +14,20 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from safe_qaq import backbones
-from safe_qaq.stages import GRPO, TRAINING
-from tests.helpers.recipe_support import launch_parse, torchrun_args
+from tests.helpers.omni_recipe import FAMILIES, PAPER_WORLD, UNVERIFIED, omni_config
 
-# Qwen2.5-Omni-7B: transformers' Qwen2_5OmniConfig defaults describe it (28 text layers, 3584 hidden, 32768
-# positions, audio encoder 32 layers); the talker is not built (enable_audio_output false).
-# Qwen3-Omni-30B-A3B-Instruct: 48 layers, 32 query / 4 key-value heads, 128 experts with 8 active (its model card,
-# as keras-hub's preset quotes it); the rest is UNVERIFIED offline (no checkpoint, no hub here).
-QWEN3_OMNI_TEXT = {
-    "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "num_experts": 128,
-    "num_experts_per_tok": 8, "hidden_size": 2048, "head_dim": 128, "moe_intermediate_size": 768,
-    "vocab_size": 152064, "max_position_embeddings": 65536,
-    "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "interleaved": True},
-}  # fmt: skip
-UNVERIFIED = {
-    "qwen2_5_omni": ("generation_config.json",),
-    "qwen3_omni": ("text_config.hidden_size", "text_config.head_dim", "text_config.moe_intermediate_size",
-                   "text_config.vocab_size", "text_config.max_position_embeddings", "generation_config.json"),
-}  # fmt: skip
-FAMILIES = ("qwen2_5_omni", "qwen3_omni")
-PAPER_WORLD = 3
-
-
-def omni_config(family: str):
-    if family == "qwen2_5_omni":
-        from transformers import Qwen2_5OmniConfig
-
-        config = Qwen2_5OmniConfig(enable_audio_output=False)
-        config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
-    else:
-        from transformers import Qwen3OmniMoeConfig
-
-        config = Qwen3OmniMoeConfig(thinker_config={"text_config": dict(QWEN3_OMNI_TEXT)}, enable_audio_output=False)
-        config.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
-    config.torch_dtype = "bfloat16"
-    return config
-
-
-def build_standin(family: str, tokenizer_dir: Path, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    for path in tokenizer_dir.iterdir():
-        if path.is_file():
-            shutil.copy(path, out / path.name)
-    omni_config(family).save_pretrained(out)
-    return out
+pytestmark = pytest.mark.recipe
 
 
 @pytest.fixture(scope="module")
-def omni(tmp_path_factory):
+def omni(paper_recipe) -> dict[str, dict]:
     """Per family: the stand-in, the recipe's commands (stage order), and what ms-swift parsed of each."""
-    from safe_qaq import recipe
-    from safe_qaq.toy.tiny_omni import build_tokenizer
-
-    root = tmp_path_factory.mktemp("omni_recipe")
-    tokenizer_dir = root / "tokenizer"
-    tokenizer_dir.mkdir()
-    build_tokenizer(tokenizer_dir)
-    families = {}
-    for family in FAMILIES:
-        title = {"qwen2_5_omni": "Qwen2.5-Omni-7B", "qwen3_omni": "Qwen3-Omni-30B-A3B-Instruct"}[family]
-        standin = build_standin(family, tokenizer_dir, root / title)
-        env = {"PROFILE": "paper", "MODEL": str(standin), "MODEL_FAMILY": family,
-               "DATA_DIR": str(root / "data"), "OUTPUT_ROOT": str(root / family)}  # fmt: skip
-        s = recipe.load("paper", env)
-        commands = []
-        for st in TRAINING:
-            # What a finished LoRA run leaves (`swift export` reads it) and the merged model the next stage starts
-            # from, as tests/helpers/recipe_support.py's stand-in `swift` leaves them.
-            checkpoint = s.run_dir(st.key) / "last-checkpoint"
-            checkpoint.mkdir(parents=True)
-            (checkpoint / "adapter_config.json").write_text("{}")
-            saved = {
-                "swift_version": "4.6.0",
-                "tuner_type": "lora",
-                "model": s.start_model(st.key),
-                "model_type": s["MODEL_TYPE"],
-                "template": s["TEMPLATE"],
-                "torch_dtype": s["DTYPE"],
-            }
-            (checkpoint / "args.json").write_text(json.dumps(saved))
-            shutil.copytree(standin, s.merged(st.key))
-            route = "sft" if st.kind == "sft" else "rlhf"
-            commands.append({"route": route, "stage": st.key, "argv": recipe.train_argv(s, st.key)})
-            commands.append({"route": "export", "stage": st.key, "argv": recipe.merge_argv(s, st.key)})
-        for st in GRPO:
-            commands.append({"route": "rollout", "stage": st.key, "argv": recipe.rollout_argv(s, st.key)})
-        deploy = recipe.deploy_argv(s, str(s.merged("realtime")))
-        commands.append({"route": "deploy", "stage": "-", "argv": deploy})
-        families[family] = {"standin": standin, "settings": s, "commands": commands}
-    training = [c for f in families.values() for c in f["commands"] if c["route"] in ("rlhf", "sft")]
-    plain = [c for f in families.values() for c in f["commands"] if c["route"] not in ("rlhf", "sft")]
-    work = root / "parse"
-    work.mkdir()
-    launches = [(torchrun_args({"NPROC_PER_NODE": str(PAPER_WORLD)}), training), (None, plain)]
-    jobs = [(launch, [{"route": c["route"], "argv": c["argv"]} for c in cs]) for launch, cs in launches]
-    results = launch_parse(jobs, work)
-    for (_, cs), result in zip(launches, results, strict=True):
-        assert len(result["results"]) == len(cs)
-        for command, parsed in zip(cs, result["results"], strict=True):
-            command["args"] = parsed["args"]
-    return families
+    return paper_recipe.omni
 
 
 def flag(argv: list[str], name: str) -> str | None:
@@ -176,7 +85,9 @@ def test_omni_audios_per_row_within_the_vllm_limit(omni, family):
 @pytest.fixture(scope="module")
 def omni_module_names(omni) -> dict[str, list[str]]:
     """Every module name of the full-size models, built on the meta device (no memory, no weights); Qwen2.5-Omni's
-    talker built too (enable_audio_output true), to show LoRA stays off it even when it is loaded."""
+    talker built too (enable_audio_output true), to show LoRA stays off it even when it is loaded. Qwen3-Omni is
+    built with 4 of its 128 experts a layer: each expert's modules are named alike (``...mlp.experts.E.up_proj``),
+    and 48 x 128 of them took most of this fixture's time."""
     import torch
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen3OmniMoeForConditionalGeneration
 
@@ -185,6 +96,8 @@ def omni_module_names(omni) -> dict[str, list[str]]:
                         ("qwen3_omni", Qwen3OmniMoeForConditionalGeneration)):  # fmt: skip
         config = omni_config(family)
         config.enable_audio_output = family == "qwen2_5_omni"  # Qwen3-Omni's default talker config has no RoPE
+        if family == "qwen3_omni":
+            config.thinker_config.text_config.num_experts = 4
         with torch.device("meta"):
             model = cls(config)
         names[family] = [name for name, _ in model.named_modules()]

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,36 @@ def test_a_stale_merged_model_is_not_taken_for_this_runs_on_another_node(tmp_pat
     (run / "last-checkpoint" / "trainer_state.json").write_text('{"log_history": [2]}')
     result = node1()
     assert result.returncode == 1 and "filesystem every node shares" in result.stderr and "ready" not in result.stdout
+
+
+def test_node_1_takes_the_token_of_the_checkpoint_node_0_finishes_saving(tmp_path):
+    """Node 1's training can end before rank 0 (on node 0) has saved the checkpoint: the token it waits for is read
+    again at each check, so a checkpoint written after the wait began still matches its merged model."""
+    run = tmp_path / "stage1_grpo"
+    run.mkdir()
+    env = script_env(OUTPUT_ROOT=str(tmp_path), NNODES="2", NODE_RANK="1", NODE_WAIT_SECONDS="60")
+    check = f"source {ROOT / 'scripts' / 'common.sh'}; require_stage stage1 run_swift_grpo_stage1.sh; echo ready"
+    node1 = subprocess.Popen(["bash", "-c", check], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # node 1 is waiting: no checkpoint, no merged model yet
+        (run / "last-checkpoint").mkdir()
+        (run / "last-checkpoint" / "trainer_state.json").write_text('{"log_history": [1]}')
+        (run / "merged.partial").mkdir()
+        (run / "merged.partial" / "config.json").write_text("{}")
+        (run / "merged.partial" / "source_checkpoint.txt").write_text(recipe.checkpoint_token(run) + "\n")
+        (run / "merged.partial").rename(run / "merged")
+        out, _ = node1.communicate(timeout=60)
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    assert node1.returncode == 0 and out.splitlines()[-1] == "ready", out
+    assert "node 1: waiting for node 0 to write" in out
+
+
+def test_per_run_replacements_come_from_the_environment_the_settings_were_loaded_with(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVAL_DATA", "/elsewhere/rows.jsonl")
+    monkeypatch.setenv("REWARD_FUNCS", "prompt_format")
+    s = recipe.load("smoke", env={"EVAL_DATA": str(tmp_path / "rows.jsonl"), "STAGE1_MODEL": str(tmp_path)})
+    assert s.dataset("evaluate") == tmp_path / "rows.jsonl"
+    assert s.rewards("stage1") == list(s["STAGE1_REWARDS"]) and s.start_model("stage1") == str(tmp_path)
+    assert recipe.load("smoke").dataset("evaluate") == Path("/elsewhere/rows.jsonl")  # os.environ by default

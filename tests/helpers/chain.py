@@ -1,31 +1,38 @@
 """The distributed chain the tests share: the real stage scripts (PROFILE=smoke with the recipe's LoRA tuner, one
-step per stage) on the random tiny model. Stage-1 GRPO on two processes, rejection sampling in two shards, the
-filter, then RSFT as a two-"node" run on localhost (two launches, NNODES=2, one process each). CPU processes join
-over gloo (ACCELERATE_USE_CPU=true). Built once per session (tests/conftest.py, `lora_chain`)."""
+step) from the shipped warm base. (From a random model no answer is in format, every reward ties, GRPO's advantages
+are zero and the step moves no weight.) Stage-1 GRPO as a two-"node" run on localhost (two launches, NNODES=2, one
+process each, so world size 2), merged by node 0 alone; then rejection sampling in two shards and the filter. CPU
+processes join over gloo (ACCELERATE_USE_CPU=true). Built once per session (tests/conftest.py, `lora_chain`).
+
+One two-node launch stands for both multi-process cases: a node's processes start under torchrun exactly as
+`--nproc_per_node N` starts them, and the paper's launches (3 processes a node, 2 nodes) are parsed under torchrun by
+tests/test_recipe.py. Node 1 waiting for node 0's merged model between stages is run by that file's two-node
+scenario, with both nodes running at once."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.helpers.cli import ROOT
+from tests.helpers.cli import ROOT, run_cli
 from tests.helpers.recipe_support import DIST_ENV, free_port
 
 
-def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> dict[str, str]:
+def launch_env(root: Path, model: Path, prepared: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(("SAMPLE_", "VLLM_"))}
     env.update(
         PROFILE="smoke",
-        MODEL=str(tiny_model),
+        MODEL=str(model),
         DATA_DIR=str(prepared),
         OUTPUT_ROOT=str(root / "outputs"),
         MAX_STEPS="1",
         WARMUP_RATIO="0",  # with one step, any warm-up makes it a step at learning rate 0 (nothing would move)
         # The recipe's tuner and stage-1 rewards (LoRA on the language model, merged on node 0; the CPU profiles
-        # default to full tuning from the warm base), at the smallest sizes: a random model, 2 x 2 completions.
+        # default to full tuning), at the smallest sizes: 2 ranks x 2 completions.
         TUNER="lora",
         STAGE1_REWARDS="adaptive_classification prompt_format think_length_reward_300",
         NUM_GENERATIONS="2",
@@ -33,7 +40,6 @@ def launch_env(root: Path, tiny_model: Path, prepared: Path, **extra: str) -> di
         GRAD_ACC="1",
         RSFT_BATCH="2",
         RSFT_GRAD_ACC="1",
-        MAX_COMPLETION_LENGTH="32",
         SAMPLE_N="4",
         SAVE_STEPS="1",
         ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
@@ -81,27 +87,47 @@ class Chain:
         return self.logs[name]
 
 
-def build_chain(root: Path, tiny_model: Path, prepared: Path) -> Chain:
+def build_chain(root: Path, model: Path, prepared: Path) -> Chain:
     """The chain itself (tests/conftest.py's session fixture `lora_chain`, shared by test_distributed and
     test_learning)."""
     chain = Chain(root)
-    env = launch_env(root, tiny_model, prepared)
-    chain.run("stage1", "run_swift_grpo_stage1.sh", {**env, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
-    chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
-    chain.run("process", "process_samples.sh", env)
-    if not (chain.out / "stage2_samples" / "rsft.jsonl").stat().st_size:
-        # The random tiny model solves no prompt; RSFT then trains on the gold rows, as the demo does (the stage
-        # script itself stops on an empty rsft.jsonl).
-        env = {**env, "RSFT_DATASET": str(prepared / "sft_train.jsonl")}
+    env = launch_env(root, model, prepared)
     # Two "nodes" on localhost sharing OUTPUT_ROOT (a shared filesystem), started together.
     nodes = {**env, "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     started = time.time()
     launches = [
-        (rank, start("run_swift_sft_stage2_RSFT.sh", {**nodes, "NODE_RANK": rank}, root / f"rsft_node{rank}.log"))
+        (rank, start("run_swift_grpo_stage1.sh", {**nodes, "NODE_RANK": rank}, root / f"stage1_node{rank}.log"))
         for rank in ("0", "1")
     ]
     for rank, process in launches:
-        chain.logs[f"rsft_node{rank}"] = finish(process, root / f"rsft_node{rank}.log")
-    chain.seconds["rsft_two_nodes"] = time.time() - started
+        chain.logs[f"stage1_node{rank}"] = finish(process, root / f"stage1_node{rank}.log")
+    chain.seconds["stage1"] = time.time() - started
+    chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
+    chain.run("process", "process_samples.sh", env)
     print("launch wall seconds:", {k: round(v) for k, v in chain.seconds.items()})
     return chain
+
+
+class DemoChain:
+    """`make demo`'s chain (scripts/demo.sh, reduced): its outputs, what it printed, and each step's seconds."""
+
+    def __init__(self, out: Path, stdout: str):
+        self.out, self.stdout = out, stdout
+        self.seconds = {m[1]: float(m[2]) for m in re.finditer(r"^(\S+)\s+ok\s+(\d+)s", stdout, re.MULTILINE)}
+
+
+def build_demo(root: Path, warm_model: Path) -> DemoChain:
+    """scripts/demo.sh from the shipped warm base, two steps a stage (tests/conftest.py's `demo_chain`)."""
+    out = root / "outputs"
+    env = {
+        "OUTPUT_ROOT": str(out),
+        "DATA_DIR": str(root / "prepared"),
+        "MODEL": str(warm_model),
+        "MAX_STEPS": "2",
+        "SAMPLE_LIMIT": "2",
+        "EVAL_LIMIT": "3",
+        "LIVE_LIMIT": "1",
+    }
+    result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=root, timeout=900, env=env)
+    print(result.stdout)
+    return DemoChain(out, result.stdout)

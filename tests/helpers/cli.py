@@ -40,3 +40,13 @@ def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
     wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
     sf.write(path, wave.astype(np.float32), 16000)
     return path
+
+
+def load_gpu_report():
+    """scripts/gpu_report.py as a module (a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
