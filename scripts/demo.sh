@@ -67,12 +67,14 @@ done <<< "$stages"
 eval_args=(--model "$FINAL" --data "$DATA_DIR/offline_test.jsonl" --out "$OUTPUT_ROOT/eval" --name demo-final
            --max-tokens "$MAX_COMPLETION_LENGTH" --overwrite --quiet)
 if [ -n "$EVAL_LIMIT" ]; then eval_args+=(--limit "$EVAL_LIMIT"); fi
-step 4-evaluate "$PYTHON" -m safe_qaq.evaluate "${eval_args[@]}"
-step 4-live-calls "$PYTHON" -m safe_qaq.live eval --model "$FINAL" --calls "$DATA_DIR/calls_test.jsonl" \
+# The final model's evaluation, its live calls and the curves need only what is done: run together.
+step_bg 4-evaluate "$PYTHON" -m safe_qaq.evaluate "${eval_args[@]}"
+step_bg 4-live-calls "$PYTHON" -m safe_qaq.live eval --model "$FINAL" --calls "$DATA_DIR/calls_test.jsonl" \
     --out "$OUTPUT_ROOT/live" --limit "$LIVE_LIMIT" --max-rounds 2 --max-tokens "$MAX_COMPLETION_LENGTH" \
     --overwrite --quiet --name demo-final
 grpo_dirs=("${grpo_runs[@]/#/$OUTPUT_ROOT/}")
-step 4-curves "$PYTHON" -m safe_qaq.plots curves "${grpo_dirs[@]}" --out-dir "$OUTPUT_ROOT"  # one process for all
+step_bg 4-curves "$PYTHON" -m safe_qaq.plots curves "${grpo_dirs[@]}" --out-dir "$OUTPUT_ROOT"  # one process for all
+step_wait
 
 summary_table() { sed '/^$/q' "$1"; }  # the first table of a metrics file (per-class detail follows)
 echo

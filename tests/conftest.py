@@ -83,7 +83,7 @@ def paper_recipe(tmp_path_factory, tiny_model, prepared):
 
 @pytest.fixture(scope="session")
 def demo_chain(tmp_path_factory, warm_model):
-    """scripts/demo.sh from the shipped warm base, two steps a stage (tests/helpers/chain.py): test_pipeline checks
+    """scripts/demo.sh from the shipped warm base, one step a stage (tests/helpers/chain.py): test_pipeline checks
     the chain and reads its logs."""
     from tests.helpers.chain import build_demo
 

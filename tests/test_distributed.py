@@ -169,26 +169,25 @@ def test_served_model_answers_like_the_local_engine(chain, server, prepared):
     rows = root / "rows.jsonl"
     rows.write_text("".join((prepared / "offline_test.jsonl").read_text(encoding="utf-8").splitlines(True)[:3]))
     flags = ["--no-floor", "--no-plots", "--quiet"]
-    predictions = {}
-    for backend, model in (("pt", merged), ("openai", "safe-qaq")):
-        out = root / f"eval_{backend}"
-        extra = {"EVAL_MODEL": model, "EVAL_DATA": str(rows), "EVAL_OUT": str(out), "EVAL_BACKEND": backend}
-        if backend == "openai":
-            extra["EVAL_BASE_URL"] = server["base_url"]
-            result = subprocess.run(
-                ["bash", str(ROOT / "evaluate.sh"), *flags],
-                env={**env, **extra},
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stderr[-4000:]
-        else:
-            argv = recipe.eval_argv(recipe.load(env["PROFILE"], {**env, **extra}))
-            assert argv[:2] == ["-m", "safe_qaq.evaluate"]
-            with one_thread():
-                assert evaluate.main([*argv[2:], *flags]) == 0
-        predictions[backend] = [r["prediction"] for r in read_jsonl(out / "predictions.jsonl")]
+    outs = {backend: root / f"eval_{backend}" for backend in ("pt", "openai")}
+    extra = {"EVAL_DATA": str(rows), "EVAL_BASE_URL": server["base_url"]}
+    served = {**env, **extra, "EVAL_MODEL": "safe-qaq", "EVAL_OUT": str(outs["openai"]), "EVAL_BACKEND": "openai"}
+    # The script asks the server while this process answers locally (two cores, two engines).
+    command = ["bash", str(ROOT / "evaluate.sh"), *flags]
+    script = subprocess.Popen(command, env=served, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        local = {**env, **extra, "EVAL_MODEL": merged, "EVAL_OUT": str(outs["pt"]), "EVAL_BACKEND": "pt"}
+        argv = recipe.eval_argv(recipe.load(env["PROFILE"], local))
+        assert argv[:2] == ["-m", "safe_qaq.evaluate"]
+        with one_thread():
+            assert evaluate.main([*argv[2:], *flags]) == 0
+        _, stderr = script.communicate(timeout=300)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+    assert script.returncode == 0, stderr[-4000:]
+    predictions = {b: [r["prediction"] for r in read_jsonl(out / "predictions.jsonl")] for b, out in outs.items()}
     assert len(predictions["pt"]) == 3 and predictions["openai"] == predictions["pt"]
 
     answers = {}

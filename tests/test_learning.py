@@ -98,42 +98,30 @@ def test_greedy_evaluation_reproduces_the_memorised_answers(overfit, tmp_path):
     checkpoint, rows = overfit
     data = write_jsonl(tmp_path / "questions.jsonl", rows)  # evaluate asks each row without its answer
     out = tmp_path / "eval"
-    run_cli(
-        ["python", "-m", "safe_qaq.evaluate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
-         "--max-tokens", "96", "--batch-size", "4", "--no-floor", "--no-plots", "--quiet"],
-        cwd=tmp_path,
-    )  # fmt: skip
+    from safe_qaq import evaluate
+
+    # The CLI's entry point in this process (a process of its own would start ms-swift again, for four answers).
+    assert evaluate.main(["--model", str(checkpoint), "--data", str(data), "--out", str(out), "--max-tokens", "96",
+                          "--batch-size", "4", "--no-floor", "--no-plots", "--quiet"]) == 0  # fmt: skip
     predictions = {r["index"]: r["prediction"] for r in read_jsonl(out / "predictions.jsonl")}
     for i, row in enumerate(rows):
         assert predictions[i] == row["messages"][-1]["content"], (i, len(row["audios"]))
 
 
-def test_logged_grpo_rewards_equal_ours_recomputed(overfit, tmp_path):
-    """ms-swift's completions log against rewards.py on the same completions and rows."""
+@pytest.mark.recipe  # the shared chain runs torchrun
+def test_logged_grpo_rewards_equal_ours_recomputed(lora_chain):
+    """ms-swift's completions log of the chain's stage-1 run (both ranks) against rewards.py recomputed offline on
+    the same completions and rows. Each row carries a `solution` column, which ms-swift copies into that log: it
+    tells the rows apart (tests/helpers/chain.py)."""
     import rewards
 
-    checkpoint, rows = overfit
-    prompts = []
-    for i, row in enumerate(rows):
-        # `solution` is a column ms-swift copies into its completions log: it tells the rows apart.
-        prompts.append({**row, "messages": question_of(row["messages"]), "solution": f"row{i}"})
-    data = write_jsonl(tmp_path / "grpo.jsonl", prompts)
-    names = ["adaptive_classification", "prompt_format", "think_length_penalty_200"]
-    run_cli(
-        ["swift", "rlhf", "--rlhf_type", "grpo", "--model", str(checkpoint), *COMMON[:-2], "--logging_steps", "1",
-         "--external_plugins", str(ROOT / "safe_qaq" / "qwen2_audio_template.py"), str(ROOT / "rewards.py"),
-         "--reward_funcs", *names, "--tuner_type", "full", "--dataset", str(data), "--max_steps", "2",
-         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--num_generations", "4",
-         "--temperature", "1.0", "--max_completion_length", "96", "--learning_rate", "1e-4",
-         "--log_completions", "true", "--save_steps", "100", "--output_dir", str(tmp_path / "grpo")],
-        cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    logged = read_jsonl(tmp_path / "grpo" / "completions.jsonl")
-    by_solution = {p["solution"]: p for p in prompts}
+    rows = {row["solution"]: row for row in read_jsonl(lora_chain.stage1_rows)}
+    names = lora_chain.stage1_rewards
+    logged = read_jsonl(lora_chain.out / "stage1_grpo" / "completions.jsonl")
     checked = 0
     for table in logged:
         for i, completion in enumerate(table["completion"]):
-            row = by_solution[table["solution"][i]]
+            row = rows[table["solution"][i]]
             for name in names:
                 ours = rewards.REWARDS[name]()(
                     [completion],
@@ -144,7 +132,7 @@ def test_logged_grpo_rewards_equal_ours_recomputed(overfit, tmp_path):
                 theirs = table[rewards.REWARDS[name].__name__][i]
                 assert math.isclose(ours[0], theirs, abs_tol=1e-6), (name, completion, ours, theirs)
                 checked += 1
-    assert checked >= 2 * 4 * len(names)  # two steps of four completions at least, every reward
+    assert checked >= 4 * len(names)  # the step's completions (2 ranks x 2), every reward
 
 
 @pytest.mark.recipe  # the shared chain runs torchrun

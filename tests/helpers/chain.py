@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers.cli import ROOT, run_cli
+from safe_qaq.jsonl import read_jsonl
+from tests.helpers.cli import ROOT, run_cli, write_jsonl
 from tests.helpers.recipe_support import DIST_ENV, free_port
 
 
@@ -91,7 +92,13 @@ def build_chain(root: Path, model: Path, prepared: Path) -> Chain:
     """The chain itself (tests/conftest.py's session fixture `lora_chain`, shared by test_distributed and
     test_learning)."""
     chain = Chain(root)
-    env = launch_env(root, model, prepared)
+    # Stage 1's rows with a `solution` column, which ms-swift copies into its completions log: test_learning maps
+    # each logged completion back to its row to recompute the rewards.
+    rows = read_jsonl(prepared / "offline_train.jsonl")
+    tagged = [{**row, "solution": f"row{i}"} for i, row in enumerate(rows)]
+    chain.stage1_rows = write_jsonl(root / "stage1_rows.jsonl", tagged)
+    env = launch_env(root, model, prepared, STAGE1_DATASET=str(chain.stage1_rows))
+    chain.stage1_rewards = env["STAGE1_REWARDS"].split()
     # Two "nodes" on localhost sharing OUTPUT_ROOT (a shared filesystem), started together.
     nodes = {**env, "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     started = time.time()
@@ -117,13 +124,14 @@ class DemoChain:
 
 
 def build_demo(root: Path, warm_model: Path) -> DemoChain:
-    """scripts/demo.sh from the shipped warm base, two steps a stage (tests/conftest.py's `demo_chain`)."""
+    """scripts/demo.sh from the shipped warm base, one step a stage (tests/conftest.py's `demo_chain`)."""
     out = root / "outputs"
     env = {
         "OUTPUT_ROOT": str(out),
         "DATA_DIR": str(root / "prepared"),
         "MODEL": str(warm_model),
-        "MAX_STEPS": "2",
+        "MAX_STEPS": "1",
+        "WARMUP_RATIO": "0",  # with one step, any warm-up makes it a step at learning rate 0
         "SAMPLE_LIMIT": "2",
         "EVAL_LIMIT": "3",
         "LIVE_LIMIT": "1",
