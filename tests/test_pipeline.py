@@ -50,17 +50,17 @@ def test_demo_chain_runs_every_stage(demo_chain, warm_model):
         for name in smoke.rewards(stage.key):
             assert f"rewards/{REWARDS[name].__name__}/mean" in keys, (stage.key, name)
 
-    # rejection sampling: exactly n completions per prompt, then the filter's two files and its numbers
-    samples = read_jsonl(out / "stage2_samples" / "samples.shard0.jsonl")
-    per_prompt = {}
-    for record in samples:
-        per_prompt.setdefault(record["prompt_index"], set()).add(record["sample_index"])
-    assert len(per_prompt) == 2 and all(indices == set(range(8)) for indices in per_prompt.values())
+    # rejection sampling: two shards, exactly n completions per prompt, then the filter's two files and its numbers
+    for shard in (0, 1):
+        per_prompt = {}
+        for record in read_jsonl(out / "stage2_samples" / f"samples.shard{shard}.jsonl"):
+            per_prompt.setdefault(record["prompt_index"], set()).add(record["sample_index"])
+        assert len(per_prompt) == 2 and all(indices == set(range(8)) for indices in per_prompt.values())
     kept = read_jsonl(out / "stage2_samples" / "rsft.jsonl")
     unsolved = read_jsonl(out / "stage2_samples" / "unsolved.jsonl")
-    assert len(kept) + len(unsolved) == 2
+    assert len(kept) + len(unsolved) == 4
     stats = json.loads((out / "stage2_samples" / "process_stats.json").read_text())
-    assert (stats["prompts"], stats["kept"]) == (2, len(kept))
+    assert (stats["prompts"], stats["kept"]) == (4, len(kept))
 
     # evaluation of the final model with the transcript floor beside it; per-stage moves and curves
     metrics = (out / "eval" / "metrics.md").read_text(encoding="utf-8")
@@ -95,5 +95,26 @@ def test_gpu_report_reads_every_stage_the_demo_leaves(demo_chain):
         assert rows[step]["rollout_tokens_per_s"] > 0
     rsft = [e for e in read_jsonl(demo_chain.out / "stage2_rsft" / "logging.jsonl") if "loss" in e]
     assert rows["2b-rsft"]["steps"] == 1 and rows["2b-rsft"]["s_per_step"] == rsft[-1]["train_speed(s/it)"]
-    assert rows["2a-sample"]["completions"] == 2 * 8 and rows["2a-sample"]["rollout_tokens_per_s"] > 0
+    assert rows["2a-sample"]["completions"] == 2 * 2 * 8 and rows["2a-sample"]["rollout_tokens_per_s"] > 0
     assert "| 2b-rsft |" in (check / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sharded_sampling_feeds_process_samples_without_loss_or_duplicates(demo_chain):
+    samples = demo_chain.out / "stage2_samples"
+    listed = (samples / "shards.txt").read_text().split()
+    assert listed == [str(samples / "samples.shard0.jsonl"), str(samples / "samples.shard1.jsonl")]
+    shards = [{(r["prompt_id"], r["sample_index"]) for r in read_jsonl(path)} for path in listed]
+    prompts = [{prompt for prompt, _ in shard} for shard in shards]
+    assert all(len(p) == 2 for p in prompts) and not prompts[0] & prompts[1]  # SAMPLE_LIMIT=2 per shard
+    assert all(len(shard) == 2 * 8 for shard in shards)  # smoke's SAMPLE_N=8 completions per prompt
+    kept = read_jsonl(samples / "rsft.jsonl")
+    unsolved = read_jsonl(samples / "unsolved.jsonl")
+    from prompt import question_of
+    from safe_qaq.sample import prompt_id
+
+    # A kept row is its prompt plus the chosen completion as the assistant turn; an unsolved row is the prompt.
+    out_ids = [prompt_id({**row, "messages": question_of(row["messages"])}) for row in kept] + [
+        prompt_id(row) for row in unsolved
+    ]
+    assert sorted(out_ids) == sorted(prompts[0] | prompts[1])  # every prompt once, in one of the two files

@@ -1,8 +1,8 @@
 """The distributed chain the tests share: the real stage scripts (PROFILE=smoke with the recipe's LoRA tuner, one
 step) from the shipped warm base. (From a random model no answer is in format, every reward ties, GRPO's advantages
 are zero and the step moves no weight.) Stage-1 GRPO as a two-"node" run on localhost (two launches, NNODES=2, one
-process each, so world size 2), merged by node 0 alone; then rejection sampling in two shards and the filter. CPU
-processes join over gloo (ACCELERATE_USE_CPU=true). Built once per session (tests/conftest.py, `lora_chain`).
+process each, so world size 2), merged by node 0 alone. CPU processes join over gloo (ACCELERATE_USE_CPU=true).
+Built once per session (tests/conftest.py, `lora_chain`). Sampling in shards runs in the demo chain (below).
 
 One two-node launch stands for both multi-process cases: a node's processes start under torchrun exactly as
 `--nproc_per_node N` starts them, and the paper's launches (3 processes a node, 2 nodes) are parsed under torchrun by
@@ -41,7 +41,6 @@ def launch_env(root: Path, model: Path, prepared: Path, **extra: str) -> dict[st
         GRAD_ACC="1",
         RSFT_BATCH="2",
         RSFT_GRAD_ACC="1",
-        SAMPLE_N="4",
         SAVE_STEPS="1",
         ACCELERATE_USE_CPU="true",  # gloo between CPU processes; on GPUs ms-swift uses NCCL
         OMP_NUM_THREADS="1",
@@ -109,8 +108,6 @@ def build_chain(root: Path, model: Path, prepared: Path) -> Chain:
     for rank, process in launches:
         chain.logs[f"stage1_node{rank}"] = finish(process, root / f"stage1_node{rank}.log")
     chain.seconds["stage1"] = time.time() - started
-    chain.run("sample", "sample.sh", {**env, "SAMPLE_SHARDS": "2", "SAMPLE_LIMIT": "2"})
-    chain.run("process", "process_samples.sh", env)
     print("launch wall seconds:", {k: round(v) for k, v in chain.seconds.items()})
     return chain
 
@@ -124,7 +121,8 @@ class DemoChain:
 
 
 def build_demo(root: Path, warm_model: Path) -> DemoChain:
-    """scripts/demo.sh from the shipped warm base, one step a stage (tests/conftest.py's `demo_chain`)."""
+    """scripts/demo.sh from the shipped warm base, one step a stage, sampling in two shards (tests/conftest.py's
+    `demo_chain`)."""
     out = root / "outputs"
     env = {
         "OUTPUT_ROOT": str(out),
@@ -132,6 +130,7 @@ def build_demo(root: Path, warm_model: Path) -> DemoChain:
         "MODEL": str(warm_model),
         "MAX_STEPS": "1",
         "WARMUP_RATIO": "0",  # with one step, any warm-up makes it a step at learning rate 0
+        "SAMPLE_SHARDS": "2",  # two sampler processes (one per GPU on a GPU node), SAMPLE_LIMIT prompts each
         "SAMPLE_LIMIT": "2",
         "EVAL_LIMIT": "3",
         "LIVE_LIMIT": "1",

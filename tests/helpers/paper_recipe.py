@@ -17,10 +17,12 @@ from safe_qaq import budget
 from tests.helpers.omni_recipe import PAPER_WORLD, omni_commands
 from tests.helpers.recipe_support import (
     build_standin,
+    finish_parse,
     free_port,
-    launch_parse,
     read_log,
     run_script,
+    start_parse,
+    stop_parse,
     torchrun_args,
     write_standin_tools,
 )
@@ -104,56 +106,66 @@ def build_recipe(root: Path, tiny_model: Path, prepared: Path) -> Recipe:
     # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
     recipe.server_port = free_port()
     recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": str(recipe.server_port)})
-    # The two nodes run at once on a fresh shared OUTPUT_ROOT, as on two machines: node 1 finds no merged model of
-    # the previous stage until node 0 has trained and merged it, so it waits for each one (wait_for_node0).
-    # NODE_WAIT_SECONDS bounds the wait when node 0 fails.
-    nodes = {**MULTI_NODE, "OUTPUT_ROOT": str(root / "outputs_two_nodes"), "NODE_WAIT_SECONDS": "120"}
-    node1 = threading.Thread(target=recipe.run, args=("node1", CHAIN, {**nodes, "NODE_RANK": "1"}))
-    node1.start()
-    try:
-        recipe.run("node0", CHAIN, {**nodes, "NODE_RANK": "0"})
-    finally:
-        node1.join()
-    assert "node1" in recipe.logs, "node 1's scenario failed (its error is printed above)"
-    samples = root / "outputs" / "stage2_samples"
-    (samples / "samples.shard7.jsonl").write_text("")  # left by an earlier run with more shards
-    recipe.run("shards", ["sample.sh", "process_samples.sh"], {"SAMPLE_SHARDS": "4"})
     checkpoint = root / "outputs" / "stage1_grpo" / "checkpoint-100"
     checkpoint.mkdir(parents=True, exist_ok=True)
     recipe.run("resume", ["run_swift_grpo_stage1.sh"], {"RESUME_FROM_CHECKPOINT": str(checkpoint)})
-    recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
 
-    print(f"scripts: {time.time() - started:.0f} s")
-    started = time.time()
-    # One launch per world the commands would run in, all started at once (the two nodes must rendezvous).
+    # One launch per world the commands would run in. The paper's launch (3 processes) starts now, with the Omni
+    # backbones' commands of that world, and imports ms-swift while the remaining scenarios' scripts run.
     single = [c for s in ("paper", "server", "resume") for c in recipe.logs[s] if c["route"] in TRAINING]
-    nodes = [[c for c in recipe.logs[s] if c["route"] in TRAINING] for s in ("node0", "node1")]
-    plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] not in TRAINING]
-    plain = [c for c in plain if c["tool"] == "swift"]  # run without torchrun: export, rollout, deploy
-    launches = [(torchrun_args(single[0]["env"]), single)]
-    assert all(torchrun_args(c["env"]) == launches[0][0] for c in single)
-    # The Omni backbones' commands join the launches of their world (the paper's 3 processes, and plain).
+    single_launch = torchrun_args(single[0]["env"])
+    assert all(torchrun_args(c["env"]) == single_launch for c in single)
     recipe.omni = omni_commands(root / "omni")
     omni = [c for family in recipe.omni.values() for c in family["commands"]]
-    assert torchrun_args({"NPROC_PER_NODE": str(PAPER_WORLD)}) == launches[0][0]
+    assert torchrun_args({"NPROC_PER_NODE": str(PAPER_WORLD)}) == single_launch
     single += [c for c in omni if c["route"] in TRAINING]
-    port = str(free_port())
-    for node_commands in nodes:
-        launch = torchrun_args(node_commands[0]["env"])
-        # The nodes' address (10.0.0.1 in the scripts' environment) is this machine here.
-        launch[launch.index("--master_addr") + 1] = "127.0.0.1"
-        launch[launch.index("--master_port") + 1] = port
-        launches.append((launch, node_commands))
-    one_gpu = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
-    launches.append((torchrun_args(one_gpu[0]["env"]), one_gpu))
-    launches.append((None, plain + [c for c in omni if c["route"] not in TRAINING]))
+    launches = [(single_launch, single)]
     work = root / "parse"
     work.mkdir()
-    results = launch_parse(
-        [(launch, [{"route": c["route"], "argv": c["argv"]} for c in commands]) for launch, commands in launches],
-        work,
-    )
-    print(f"parse: {time.time() - started:.0f} s")
+
+    def jobs(batch):
+        return [(launch, [{"route": c["route"], "argv": c["argv"]} for c in commands]) for launch, commands in batch]
+
+    parsing = start_parse(jobs(launches), work)
+    try:
+        # The two nodes run at once on a fresh shared OUTPUT_ROOT, as on two machines: node 1 finds no merged model
+        # of the previous stage until node 0 has trained and merged it, so it waits for it (wait_for_node0).
+        # NODE_WAIT_SECONDS bounds the wait when node 0 fails.
+        nodes = {**MULTI_NODE, "OUTPUT_ROOT": str(root / "outputs_two_nodes"), "NODE_WAIT_SECONDS": "120"}
+        node1 = threading.Thread(target=recipe.run, args=("node1", CHAIN, {**nodes, "NODE_RANK": "1"}))
+        node1.start()
+        try:
+            recipe.run("node0", CHAIN, {**nodes, "NODE_RANK": "0"})
+        finally:
+            node1.join()
+        assert "node1" in recipe.logs, "node 1's scenario failed (its error is printed above)"
+        samples = root / "outputs" / "stage2_samples"
+        (samples / "samples.shard7.jsonl").write_text("")  # left by an earlier run with more shards
+        recipe.run("shards", ["sample.sh", "process_samples.sh"], {"SAMPLE_SHARDS": "4"})
+        recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
+        print(f"scripts: {time.time() - started:.0f} s")
+
+        later = []
+        port = str(free_port())
+        for scenario in ("node0", "node1"):
+            node_commands = [c for c in recipe.logs[scenario] if c["route"] in TRAINING]
+            launch = torchrun_args(node_commands[0]["env"])
+            # The nodes' address (10.0.0.1 in the scripts' environment) is this machine here.
+            launch[launch.index("--master_addr") + 1] = "127.0.0.1"
+            launch[launch.index("--master_port") + 1] = port
+            later.append((launch, node_commands))  # started together: the two nodes must rendezvous
+        one_gpu = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
+        later.append((torchrun_args(one_gpu[0]["env"]), one_gpu))
+        plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] not in TRAINING]
+        plain = [c for c in plain if c["tool"] == "swift"]  # run without torchrun: export, rollout, deploy
+        later.append((None, plain + [c for c in omni if c["route"] not in TRAINING]))
+        parsing += start_parse(jobs(later), work, first=len(launches))
+        launches += later
+    except BaseException:
+        stop_parse(parsing)
+        raise
+    results = finish_parse(parsing)
+    print(f"scripts and parse: {time.time() - started:.0f} s")
     recipe.stubs = results[0]["stubs"]
     for (_, commands), result in zip(launches, results, strict=True):
         assert len(result["results"]) == len(commands)

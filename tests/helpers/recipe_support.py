@@ -209,31 +209,43 @@ def launch_parse(launches: list[tuple[list[str] | None, list[dict[str, Any]]]], 
     A launch is (torchrun arguments or None for a plain process, commands). Each runs tests/helpers/recipe_parse.py
     the way `swift` runs its entry file: ``python -m torch.distributed.run <args> FILE argv``.
     """
-    processes = []
-    for i, (launch, commands) in enumerate(launches):
+    return finish_parse(start_parse(launches, workdir))
+
+
+def start_parse(launches: list[tuple[list[str] | None, list[dict[str, Any]]]], workdir: Path, first: int = 0) -> list:
+    """:func:`launch_parse`'s start; launches started together are numbered from ``first`` in ``workdir``."""
+    started = []
+    for i, (launch, commands) in enumerate(launches, start=first):
         commands_path, results_path = workdir / f"commands{i}.json", workdir / f"results{i}.json"
         commands_path.write_text(json.dumps(commands))
         driver = [str(ROOT / "tests" / "helpers" / "recipe_parse.py"), str(commands_path), str(results_path)]
         argv = [sys.executable, *(["-m", "torch.distributed.run", *launch] if launch is not None else []), *driver]
-        log = open(workdir / f"parse{i}.log", "w")  # noqa: SIM115 - closed below
-        processes.append((subprocess.Popen(argv, env=parse_env(), stdout=log, stderr=subprocess.STDOUT), log))
+        log = open(workdir / f"parse{i}.log", "w")  # noqa: SIM115 - closed by finish_parse
+        process = subprocess.Popen(argv, env=parse_env(), stdout=log, stderr=subprocess.STDOUT)
+        started.append({"process": process, "log": log, "path": workdir / f"parse{i}.log", "launch": launch,
+                        "results": results_path})  # fmt: skip
+    return started
+
+
+def finish_parse(started: list) -> list[list[dict]]:
+    """Wait for launches from :func:`start_parse` and return each rank-0 result list (in order)."""
     failures = []
     try:
-        for i, (process, _) in enumerate(processes):
-            code = process.wait(timeout=600)
+        for job in started:
+            code = job["process"].wait(timeout=600)
             if code != 0:
-                log = (workdir / f"parse{i}.log").read_text()[-5000:]
-                failures.append(f"launch {i} ({launches[i][0]}) exited {code}:\n{log}")
+                failures.append(f"launch {job['launch']} exited {code}:\n{job['path'].read_text()[-5000:]}")
     finally:
-        for process, log in processes:
-            if process.poll() is None:  # a launch that hangs (a rendezvous that never completes)
-                process.kill()
-                process.wait()
-            log.close()
+        stop_parse(started)  # a launch that hangs (a rendezvous that never completes)
     if failures:
         raise AssertionError("\n".join(failures))
-    outputs = []
-    for i in range(len(launches)):
-        path = workdir / f"results{i}.json"
-        outputs.append(json.loads(path.read_text()) if path.exists() else None)
-    return outputs
+    return [json.loads(job["results"].read_text()) if job["results"].exists() else None for job in started]
+
+
+def stop_parse(started: list) -> None:
+    """Stop launches from :func:`start_parse` (the fixture failed before waiting for them)."""
+    for job in started:
+        if job["process"].poll() is None:
+            job["process"].kill()
+            job["process"].wait()
+        job["log"].close()
