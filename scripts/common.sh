@@ -108,8 +108,8 @@ wait_for_node0() {
             exit 1
         fi
         if (( waited == 0 )); then echo "node $NODE_RANK: waiting for node 0 to write $file"; fi
-        sleep 5
-        waited=$((waited + 5))
+        sleep "$NODE_POLL_SECONDS"
+        waited=$((waited + NODE_POLL_SECONDS))
     done
 }
 

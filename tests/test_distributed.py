@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -139,9 +140,9 @@ def one_thread():
 
 
 def test_served_model_answers_like_the_local_engine(chain, server, prepared):
-    """evaluate.sh and `live eval` through --backend openai give the greedy answers of --backend pt. The served
-    side runs the script; the local side runs the command evaluate.sh builds (safe_qaq.recipe's), in this process
-    (each side's process start-up costs more than its answers)."""
+    """evaluate.sh's command and `live eval` through --backend openai give the greedy answers of --backend pt. Each
+    side runs in this process (a process start-up costs more than its answers): the command evaluate.sh prints for
+    that environment under DRY_RUN=1, and `live eval`'s entry point."""
     from safe_qaq import evaluate, live, recipe
 
     root, env = server["root"], server["env"]
@@ -151,22 +152,17 @@ def test_served_model_answers_like_the_local_engine(chain, server, prepared):
     flags = ["--no-floor", "--no-plots", "--quiet"]
     outs = {backend: root / f"eval_{backend}" for backend in ("pt", "openai")}
     extra = {"EVAL_DATA": str(rows), "EVAL_BASE_URL": server["base_url"]}
-    served = {**env, **extra, "EVAL_MODEL": "safe-qaq", "EVAL_OUT": str(outs["openai"]), "EVAL_BACKEND": "openai"}
-    # The script asks the server while this process answers locally (two cores, two engines).
-    command = ["bash", str(ROOT / "evaluate.sh"), *flags]
-    script = subprocess.Popen(command, env=served, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        local = {**env, **extra, "EVAL_MODEL": merged, "EVAL_OUT": str(outs["pt"]), "EVAL_BACKEND": "pt"}
-        argv = recipe.eval_argv(recipe.load(env["PROFILE"], local))
-        assert argv[:2] == ["-m", "safe_qaq.evaluate"]
+    for backend, model in (("pt", merged), ("openai", "safe-qaq")):
+        side = {**env, **extra, "EVAL_MODEL": model, "EVAL_OUT": str(outs[backend]), "EVAL_BACKEND": backend}
+        argv = recipe.eval_argv(recipe.load(env["PROFILE"], side))
+        # What evaluate.sh runs for this environment (its dry run prints it), run here in this process.
+        dry = subprocess.run(["bash", str(ROOT / "evaluate.sh"), *flags], env={**side, "DRY_RUN": "1"},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+        (printed,) = [shlex.split(line) for line in dry.stdout.splitlines() if line and not line.startswith("#")]
+        assert printed[1:] == [*argv, *flags] and argv[:2] == ["-m", "safe_qaq.evaluate"]
         with one_thread():
             assert evaluate.main([*argv[2:], *flags]) == 0
-        _, stderr = script.communicate(timeout=300)
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.communicate()
-    assert script.returncode == 0, stderr[-4000:]
     predictions = {b: [r["prediction"] for r in read_jsonl(out / "predictions.jsonl")] for b, out in outs.items()}
     assert len(predictions["pt"]) == 3 and predictions["openai"] == predictions["pt"]
 

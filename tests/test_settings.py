@@ -225,7 +225,9 @@ def test_node_1_takes_the_token_of_the_checkpoint_node_0_finishes_saving(tmp_pat
     again at each check, so a checkpoint written after the wait began still matches its merged model."""
     run = tmp_path / "stage1_grpo"
     run.mkdir()
-    env = script_env(OUTPUT_ROOT=str(tmp_path), NNODES="2", NODE_RANK="1", NODE_WAIT_SECONDS="60")
+    env = script_env(
+        OUTPUT_ROOT=str(tmp_path), NNODES="2", NODE_RANK="1", NODE_WAIT_SECONDS="60", NODE_POLL_SECONDS="1"
+    )
     check = f"source {ROOT / 'scripts' / 'common.sh'}; require_stage stage1 run_swift_grpo_stage1.sh; echo ready"
     node1 = subprocess.Popen(["bash", "-c", check], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -131,7 +131,7 @@ def build_demo(root: Path, warm_model: Path) -> DemoChain:
         "MAX_STEPS": "1",
         "WARMUP_RATIO": "0",  # with one step, any warm-up makes it a step at learning rate 0
         "SAMPLE_SHARDS": "2",  # two sampler processes (one per GPU on a GPU node), SAMPLE_LIMIT prompts each
-        "SAMPLE_LIMIT": "2",
+        "SAMPLE_LIMIT": "1",
         "EVAL_LIMIT": "3",
         "LIVE_LIMIT": "1",
     }

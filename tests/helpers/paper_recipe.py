@@ -130,8 +130,9 @@ def build_recipe(root: Path, tiny_model: Path, prepared: Path) -> Recipe:
     try:
         # The two nodes run at once on a fresh shared OUTPUT_ROOT, as on two machines: node 1 finds no merged model
         # of the previous stage until node 0 has trained and merged it, so it waits for it (wait_for_node0).
-        # NODE_WAIT_SECONDS bounds the wait when node 0 fails.
-        nodes = {**MULTI_NODE, "OUTPUT_ROOT": str(root / "outputs_two_nodes"), "NODE_WAIT_SECONDS": "120"}
+        # NODE_WAIT_SECONDS bounds the wait when node 0 fails; node 1 looks every second (the recipe: 5).
+        nodes = {**MULTI_NODE, "OUTPUT_ROOT": str(root / "outputs_two_nodes"), "NODE_WAIT_SECONDS": "120",
+                 "NODE_POLL_SECONDS": "1"}  # fmt: skip
         node1 = threading.Thread(target=recipe.run, args=("node1", CHAIN, {**nodes, "NODE_RANK": "1"}))
         node1.start()
         try:
