@@ -102,31 +102,18 @@ def build_recipe(root: Path, tiny_model: Path, prepared: Path) -> Recipe:
     # check still runs and reuses them (the cold path is tests/test_budget.py's).
     sets = [prepared / f"{name}.jsonl" for name in ("offline_train", "sft_train", "realtime_train")]
     assert budget.main(["count", "--model", str(standin), "--cache-dir", env["BUDGET_CACHE"], *map(str, sets)]) == 0
-    recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
-    # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
-    recipe.server_port = free_port()
-    recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": str(recipe.server_port)})
-    checkpoint = root / "outputs" / "stage1_grpo" / "checkpoint-100"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    recipe.run("resume", ["run_swift_grpo_stage1.sh"], {"RESUME_FROM_CHECKPOINT": str(checkpoint)})
-
-    # One launch per world the commands would run in. The paper's launch (3 processes) starts now, with the Omni
-    # backbones' commands of that world, and imports ms-swift while the remaining scenarios' scripts run.
-    single = [c for s in ("paper", "server", "resume") for c in recipe.logs[s] if c["route"] in TRAINING]
-    single_launch = torchrun_args(single[0]["env"])
-    assert all(torchrun_args(c["env"]) == single_launch for c in single)
-    recipe.omni = omni_commands(root / "omni")
-    omni = [c for family in recipe.omni.values() for c in family["commands"]]
-    assert torchrun_args({"NPROC_PER_NODE": str(PAPER_WORLD)}) == single_launch
-    single += [c for c in omni if c["route"] in TRAINING]
-    launches = [(single_launch, single)]
+    # One parse launch per world the commands would run in, each started as soon as its scenarios' scripts are done,
+    # so that its processes import ms-swift while the next scripts run.
     work = root / "parse"
     work.mkdir()
+    launches: list = []
+    parsing: list = []
 
-    def jobs(batch):
-        return [(launch, [{"route": c["route"], "argv": c["argv"]} for c in commands]) for launch, commands in batch]
+    def start(batch) -> None:
+        jobs = [(launch, [{"route": c["route"], "argv": c["argv"]} for c in commands]) for launch, commands in batch]
+        parsing.extend(start_parse(jobs, work, first=len(launches)))
+        launches.extend(batch)
 
-    parsing = start_parse(jobs(launches), work)
     try:
         # The two nodes run at once on a fresh shared OUTPUT_ROOT, as on two machines: node 1 finds no merged model
         # of the previous stage until node 0 has trained and merged it, so it waits for it (wait_for_node0).
@@ -140,34 +127,52 @@ def build_recipe(root: Path, tiny_model: Path, prepared: Path) -> Recipe:
         finally:
             node1.join()
         assert "node1" in recipe.logs, "node 1's scenario failed (its error is printed above)"
-        samples = root / "outputs" / "stage2_samples"
-        (samples / "samples.shard7.jsonl").write_text("")  # left by an earlier run with more shards
-        recipe.run("shards", ["sample.sh", "process_samples.sh"], {"SAMPLE_SHARDS": "4"})
-        recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
-        print(f"scripts: {time.time() - started:.0f} s")
-
-        later = []
-        port = str(free_port())
+        pair, port = [], str(free_port())
         for scenario in ("node0", "node1"):
             node_commands = [c for c in recipe.logs[scenario] if c["route"] in TRAINING]
             launch = torchrun_args(node_commands[0]["env"])
             # The nodes' address (10.0.0.1 in the scripts' environment) is this machine here.
             launch[launch.index("--master_addr") + 1] = "127.0.0.1"
             launch[launch.index("--master_port") + 1] = port
-            later.append((launch, node_commands))  # started together: the two nodes must rendezvous
+            pair.append((launch, node_commands))
+        start(pair)  # together: the two nodes must rendezvous
+
+        recipe.run("paper", [*CHAIN, ("scripts/serve.sh", str(root / "outputs" / "stage3_realtime" / "merged"))])
+        # A free port: ms-swift's rollout arguments move to the next free one when theirs is taken.
+        recipe.server_port = free_port()
+        recipe.run("server", SERVER_CHAIN, {"VLLM_MODE": "server", "VLLM_SERVER_PORT": str(recipe.server_port)})
+        checkpoint = root / "outputs" / "stage1_grpo" / "checkpoint-100"
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        recipe.run("resume", ["run_swift_grpo_stage1.sh"], {"RESUME_FROM_CHECKPOINT": str(checkpoint)})
+        # The paper's launch (3 processes), with the Omni backbones' commands of that world.
+        single = [c for s in ("paper", "server", "resume") for c in recipe.logs[s] if c["route"] in TRAINING]
+        single_launch = torchrun_args(single[0]["env"])
+        assert all(torchrun_args(c["env"]) == single_launch for c in single)
+        recipe.omni = omni_commands(root / "omni")
+        omni = [c for family in recipe.omni.values() for c in family["commands"]]
+        assert torchrun_args({"NPROC_PER_NODE": str(PAPER_WORLD)}) == single_launch
+        start([(single_launch, single + [c for c in omni if c["route"] in TRAINING])])
+
+        samples = root / "outputs" / "stage2_samples"
+        (samples / "samples.shard7.jsonl").write_text("")  # left by an earlier run with more shards
+        recipe.run("shards", ["sample.sh", "process_samples.sh"], {"SAMPLE_SHARDS": "4"})
+        recipe.run("gpu_check", ["scripts/gpu_check.sh"], {"OUTPUT_ROOT": str(root / "gpu_check_outputs")})
+        print(f"scripts: {time.time() - started:.0f} s")
         one_gpu = [c for c in recipe.logs["gpu_check"] if c["route"] in TRAINING]
-        later.append((torchrun_args(one_gpu[0]["env"]), one_gpu))
         plain = [c for s in ("paper", "server", "node0") for c in recipe.logs[s] if c["route"] not in TRAINING]
         plain = [c for c in plain if c["tool"] == "swift"]  # run without torchrun: export, rollout, deploy
-        later.append((None, plain + [c for c in omni if c["route"] not in TRAINING]))
-        parsing += start_parse(jobs(later), work, first=len(launches))
-        launches += later
+        start(
+            [
+                (torchrun_args(one_gpu[0]["env"]), one_gpu),
+                (None, plain + [c for c in omni if c["route"] not in TRAINING]),
+            ]
+        )
     except BaseException:
         stop_parse(parsing)
         raise
     results = finish_parse(parsing)
     print(f"scripts and parse: {time.time() - started:.0f} s")
-    recipe.stubs = results[0]["stubs"]
+    recipe.stubs = results[0]["stubs"]  # the same in every launch
     for (_, commands), result in zip(launches, results, strict=True):
         assert len(result["results"]) == len(commands)
         for command, parsed in zip(commands, result["results"], strict=True):
