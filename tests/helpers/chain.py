@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from safe_qaq.jsonl import read_jsonl
-from tests.helpers.cli import ROOT, run_cli, write_jsonl
+from tests.helpers.cli import ROOT, write_jsonl
 from tests.helpers.recipe_support import DIST_ENV, free_port
 
 
@@ -120,21 +121,48 @@ class DemoChain:
         self.seconds = {m[1]: float(m[2]) for m in re.finditer(r"^(\S+)\s+ok\s+(\d+)s", stdout, re.MULTILINE)}
 
 
-def build_demo(root: Path, warm_model: Path) -> DemoChain:
-    """scripts/demo.sh from the shipped warm base, one step a stage, sampling in two shards (tests/conftest.py's
-    `demo_chain`)."""
-    out = root / "outputs"
-    env = {
-        "OUTPUT_ROOT": str(out),
-        "DATA_DIR": str(root / "prepared"),
-        "MODEL": str(warm_model),
-        "MAX_STEPS": "1",
-        "WARMUP_RATIO": "0",  # with one step, any warm-up makes it a step at learning rate 0
-        "SAMPLE_SHARDS": "2",  # two sampler processes (one per GPU on a GPU node), SAMPLE_LIMIT prompts each
-        "SAMPLE_LIMIT": "1",
-        "EVAL_LIMIT": "3",
-        "LIVE_LIMIT": "1",
-    }
-    result = run_cli(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=root, timeout=900, env=env)
-    print(result.stdout)
-    return DemoChain(out, result.stdout)
+class DemoJob:
+    """scripts/demo.sh from the shipped warm base, one step a stage, sampling in two shards, started in the
+    background (tests/conftest.py's `demo_job`); :meth:`wait` gives its :class:`DemoChain`."""
+
+    def __init__(self, root: Path, warm_model: Path):
+        out = root / "outputs"
+        env = {
+            "OUTPUT_ROOT": str(out),
+            "DATA_DIR": str(root / "prepared"),
+            "MODEL": str(warm_model),
+            "MAX_STEPS": "1",
+            "WARMUP_RATIO": "0",  # with one step, any warm-up makes it a step at learning rate 0
+            "SAMPLE_SHARDS": "2",  # two sampler processes (one per GPU on a GPU node), SAMPLE_LIMIT prompts each
+            "SAMPLE_LIMIT": "1",
+            "EVAL_LIMIT": "3",
+            "LIVE_LIMIT": "1",
+        }
+        env = dict(os.environ, **env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+        self.out, self.log = out, root / "demo.out"
+        self.handle = open(self.log, "w")  # noqa: SIM115 - closed by stop()
+        command = ["bash", str(ROOT / "scripts" / "demo.sh")]
+        # A session of its own, so that stop() ends the stage processes too, not only bash.
+        self.process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.chain: DemoChain | None = None
+
+    def wait(self, timeout: int = 900) -> DemoChain:
+        if self.chain is None:
+            try:
+                code = self.process.wait(timeout=timeout)
+            finally:
+                self.stop()
+            text = self.log.read_text()
+            print(text)
+            assert code == 0, f"scripts/demo.sh exited {code}:\n{text[-6000:]}"
+            self.chain = DemoChain(self.out, text)
+        return self.chain
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.handle.close()
