@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 
 from safe_qaq.jsonl import read_jsonl
 from tests.helpers.chain import Chain, launch_env
-from tests.helpers.cli import ROOT, load_gpu_report
+from tests.helpers.cli import ROOT, dry_run_commands, load_gpu_report
 from tests.helpers.recipe_support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.recipe]
@@ -159,7 +158,7 @@ def test_served_model_answers_like_the_local_engine(chain, server, prepared):
         dry = subprocess.run(["bash", str(ROOT / "evaluate.sh"), *flags], env={**side, "DRY_RUN": "1"},
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert dry.returncode == 0, dry.stderr
-        (printed,) = [shlex.split(line) for line in dry.stdout.splitlines() if line and not line.startswith("#")]
+        (printed,) = dry_run_commands(dry.stdout)
         assert printed[1:] == [*argv, *flags] and argv[:2] == ["-m", "safe_qaq.evaluate"]
         with one_thread():
             assert evaluate.main([*argv[2:], *flags]) == 0

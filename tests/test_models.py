@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from safe_qaq import budget, engine
 from safe_qaq.models import ModelError, model_fingerprint, resolve_model
+from tests.helpers.cli import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +85,7 @@ def test_budget_missing_model_is_one_line(tmp_path, capsys):
 def test_evaluate_sh_on_a_run_that_does_not_exist_fails_at_once_in_one_line(prepared, tmp_path):
     """Stage 4's script through the real CLI, as a user types it (a relative run folder, which ms-swift took for a
     hub id and retried for ~8 s): one error line naming the folder, at once."""
-    env = dict(os.environ, PROFILE="smoke", EVAL_RUN="outputs/nope", DATA_DIR=str(prepared), OUTPUT_ROOT="outputs")
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT))
+    env = cli_env({"PROFILE": "smoke", "EVAL_RUN": "outputs/nope", "DATA_DIR": str(prepared), "OUTPUT_ROOT": "outputs"})
     started = time.perf_counter()
     result = subprocess.run(
         ["bash", str(ROOT / "evaluate.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
+import select
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from safe_qaq import recipe, stages
 from safe_qaq.audio import MAX_AUDIOS_PER_ROW
-from tests.helpers.cli import ROOT
+from tests.helpers.cli import ROOT, dry_run_commands
 
 SCRIPTS = [s.script for s in stages.STAGES]
 DIST = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "PROFILE")
@@ -31,11 +30,6 @@ def dry_run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
         ["bash", str(ROOT / script), *args], env=script_env(DRY_RUN="1", **env), cwd=ROOT, capture_output=True,
         text=True, timeout=120,
     )  # fmt: skip
-
-
-def commands(stdout: str) -> list[list[str]]:
-    """The commands a dry run printed (its comment lines are progress messages)."""
-    return [shlex.split(line) for line in stdout.splitlines() if line.strip() and not line.startswith("#")]
 
 
 # --- the settings --------------------------------------------------------------------------------------------------
@@ -167,7 +161,7 @@ def test_a_dry_run_prints_every_stage_command_and_runs_nothing(tmp_path):
     for script in SCRIPTS:
         result = dry_run(script, **env)
         assert result.returncode == 0, (script, result.stderr)
-        printed[script] = commands(result.stdout)
+        printed[script] = dry_run_commands(result.stdout)
     assert not out.exists()  # nothing ran, nothing was written
     python = printed["run_swift_grpo_stage1.sh"][0][0]
     for key in ("stage1", "lcrl", "realtime"):
@@ -185,7 +179,7 @@ def test_a_dry_run_prints_every_stage_command_and_runs_nothing(tmp_path):
 def test_extra_arguments_reach_swift_unchanged():
     result = dry_run("run_swift_grpo_stage1.sh", "--max_steps", "3", "--report_to", "none")
     assert result.returncode == 0, result.stderr
-    train = commands(result.stdout)[1]
+    train = dry_run_commands(result.stdout)[1]
     assert train[:2] == ["swift", "rlhf"] and train[-4:] == ["--max_steps", "3", "--report_to", "none"]
 
 
@@ -195,7 +189,7 @@ def test_fewer_gpus_than_sampler_shards_is_one_error_line():
     expected = "recipe: SAMPLE_SHARDS=4 needs one GPU each, SAMPLE_GPUS lists 2 (0 1)"
     assert result.stderr.strip().splitlines() == [expected]
     result = dry_run("sample.sh", SAMPLE_SHARDS="2", SAMPLE_GPUS="5 7")
-    shards = commands(result.stdout)
+    shards = dry_run_commands(result.stdout)
     assert [c[:2] for c in shards] == [["env", "CUDA_VISIBLE_DEVICES=5"], ["env", "CUDA_VISIBLE_DEVICES=7"]]
 
 
@@ -231,7 +225,10 @@ def test_node_1_takes_the_token_of_the_checkpoint_node_0_finishes_saving(tmp_pat
     check = f"source {ROOT / 'scripts' / 'common.sh'}; require_stage stage1 run_swift_grpo_stage1.sh; echo ready"
     node1 = subprocess.Popen(["bash", "-c", check], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)  # node 1 is waiting: no checkpoint, no merged model yet
+        # Node 1 is waiting (no checkpoint, no merged model yet) before node 0 writes anything: its first line says so.
+        ready, _, _ = select.select([node1.stdout], [], [], 60)
+        first = node1.stdout.readline() if ready else ""
+        assert "node 1: waiting for node 0 to write" in first, first
         (run / "last-checkpoint").mkdir()
         (run / "last-checkpoint" / "trainer_state.json").write_text('{"log_history": [1]}')
         (run / "merged.partial").mkdir()
@@ -243,7 +240,6 @@ def test_node_1_takes_the_token_of_the_checkpoint_node_0_finishes_saving(tmp_pat
         if node1.poll() is None:
             node1.kill()
     assert node1.returncode == 0 and out.splitlines()[-1] == "ready", out
-    assert "node 1: waiting for node 0 to write" in out
 
 
 def test_per_run_replacements_come_from_the_environment_the_settings_were_loaded_with(monkeypatch, tmp_path):

@@ -15,17 +15,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from safe_qaq.jsonl import read_jsonl
-from tests.helpers.cli import ROOT, write_jsonl
+from tests.helpers.cli import ROOT, cli_env, write_jsonl
 from tests.helpers.recipe_support import DIST_ENV, free_port
 
 
 def launch_env(root: Path, model: Path, prepared: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(("SAMPLE_", "VLLM_"))}
+    clean = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(("SAMPLE_", "VLLM_"))}
+    env = cli_env(base=clean)
     env.update(
         PROFILE="smoke",
         MODEL=str(model),
@@ -47,8 +47,6 @@ def launch_env(root: Path, model: Path, prepared: Path, **extra: str) -> dict[st
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
         SAFE_QAQ_REWARD_LOG=str(root / "rewards.jsonl"),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
     env.update(extra)
     return env
@@ -138,8 +136,7 @@ class DemoJob:
             "EVAL_LIMIT": "3",
             "LIVE_LIMIT": "1",
         }
-        env = dict(os.environ, **env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+        env = cli_env(env)
         self.out, self.log = out, root / "demo.out"
         self.handle = open(self.log, "w")  # noqa: SIM115 - closed by stop()
         command = ["bash", str(ROOT / "scripts" / "demo.sh")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def cli_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (the environment) plus ``extra``, with the venv's tools first on PATH and this checkout importable."""
+    base = os.environ if base is None else base
+    env = dict(base, **(extra or {}), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return env
+
+
+def dry_run_commands(stdout: str) -> list[list[str]]:
+    """The commands a script printed under ``DRY_RUN=1`` (its comment lines are progress messages)."""
+    return [shlex.split(line) for line in stdout.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def run_cli(
     args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command with the venv's tools first on PATH (plus ``env``); fail with its output on error."""
-    env = dict(os.environ, **(env or {}), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env = cli_env(env)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         command = " ".join(map(str, args))
