@@ -182,7 +182,7 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
     """The weighted conclusion is cut where the tokenizer cuts anyway: training sees inference's tokens."""
     from transformers import AutoTokenizer
 
-    from safe_qaq.toy.loss_scale import REASON_WEIGHT, reason_segments
+    from safe_qaq.toy.loss_scale import LABEL_WEIGHT, REASON_WEIGHT, reason_segments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rng = random.Random(0)
@@ -198,6 +198,15 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
 
                 assert ids(answer) == [i for s in segments for i in ids(s)], answer
     assert reason_segments("no think here") == (["no think here"], [1.0])
+    # a direct answer (no think): its label alone is weighted, again cut where the tokenizer cuts
+    for task, labels in prompt.TASK_LABELS.items():
+        for label in labels:
+            answer = prompt.format_answer(task, label, mode="direct")
+            segments, weights = reason_segments(answer)
+            assert "".join(segments) == answer and weights == [1.0, LABEL_WEIGHT, 1.0], answer
+            value = json.dumps(prompt.answer_value(task, label), ensure_ascii=False).strip('"')
+            assert segments[1].strip() == value, segments
+            assert ids(answer) == [i for s in segments for i in ids(s)], answer
 
 
 def test_committed_phrase_bank_matches_the_phrase_texts():

@@ -68,10 +68,12 @@ FRAUD_SCENES = {
 # line carries the caller's setting -- a narrow band of background noise, as a street, a shop or a call centre
 # sounds behind a voice.  A scene's phrases bring in the scene's band, a fraud phrase its gang's band; before
 # them (the greetings) the line is quiet, so an early prefix reveals nothing.
-# The bands interleave on one geometric grid over the telephone band.
+# The bands sit on one geometric grid over the telephone band (16 % apart), scenes below 1.4 kHz and fraud gangs
+# above: "is there a fraud band" is then a question about one region.  Interleaved, it hinged on telling each fraud
+# band from the scene band 16 % away, and no warm start tried heard it (fraud stayed at chance, issue 16).
 _BANDS_HZ = tuple(round(400 * 8 ** (i / 14)) for i in range(15))  # 400 Hz .. 3200 Hz
-SCENE_AMBIENCE_HZ = dict(zip(sorted(SCENE_KEYS), _BANDS_HZ[1::2], strict=True))
-FRAUD_AMBIENCE_HZ = dict(zip(sorted(FRAUD_KEYS), _BANDS_HZ[0::2], strict=True))
+SCENE_AMBIENCE_HZ = dict(zip(sorted(SCENE_KEYS), _BANDS_HZ[:7], strict=True))
+FRAUD_AMBIENCE_HZ = dict(zip(sorted(FRAUD_KEYS), _BANDS_HZ[7:], strict=True))
 AMBIENCE_LEVEL = 0.03  # RMS of the band; speech peaks at 0.5
 
 # key -> (speaker role, text).  "c" phrases are spoken by the caller's voice, "e" by the callee's.

@@ -18,6 +18,7 @@ own registry (``swift.loss_scale.mapping.loss_scale_map``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safe_qaq.answer import parse_answer
@@ -25,6 +26,8 @@ from safe_qaq.answer import parse_answer
 NAME = "safe_qaq_reason"
 PLUGIN = Path(__file__).with_name("loss_scale_plugin.py")
 REASON_WEIGHT = 3.0
+#: A direct answer's label (one token of ~30 in the tiny tokenizer; the rest is format, the same for every call).
+LABEL_WEIGHT = 10.0
 THINK_CLOSE = "</think>"
 
 
@@ -37,9 +40,17 @@ def reason_segments(response: str, weight: float = REASON_WEIGHT) -> tuple[list[
     >>> segments[:2], weights
     (['<think>先听身份。', '通话内容符合订餐服务的特征。'], [1.0, 3.0, 1.0])
 
+    A direct answer (no think) has its label weighted by :data:`LABEL_WEIGHT` instead (cut where the tiny
+    tokenizer cuts: the label is one token):
+
+    >>> reason_segments('<answer>{"is_fraud": true, "reason": "通话内容存在诈骗特征。", "confidence": 1.0}</answer>')[0]
+    ['<answer>{"is_fraud":', ' true', ', "reason": "通话内容存在诈骗特征。", "confidence": 1.0}</answer>']
+
     Anything else (no reason, or a reason not closing the think) is one segment of weight 1.
     """
     parsed = parse_answer(response)
+    if parsed.obj and THINK_CLOSE not in response:
+        return label_segments(response, parsed.obj)
     reason = parsed.obj.get("reason") if parsed.obj else None
     end = response.find(THINK_CLOSE)
     if not isinstance(reason, str) or not reason or end < 0 or not response[:end].endswith(reason):
@@ -48,3 +59,24 @@ def reason_segments(response: str, weight: float = REASON_WEIGHT) -> tuple[list[
     if not (response[:start].endswith("。") or response[:start].endswith("<think>")):
         return [response], [1.0]
     return [response[:start], reason, response[end:]], [1.0, weight, 1.0]
+
+
+def label_segments(response: str, obj: dict, weight: float = LABEL_WEIGHT) -> tuple[list[str], list[float]]:
+    """A direct answer split around its label (the value of the task's label field): that value gets ``weight``."""
+    import prompt
+
+    key = next((k for k in obj if k in prompt.LABEL_FIELD.values()), None)
+    if key is None:
+        return [response], [1.0]
+    value = obj[key]
+    if value is None or isinstance(value, bool):
+        head, label = f'"{key}":', " " + json.dumps(value)
+    elif isinstance(value, str):
+        head, label = f'"{key}": "', value
+    else:
+        return [response], [1.0]
+    start = response.find(head + label)
+    if start < 0:
+        return [response], [1.0]
+    cut = start + len(head)
+    return [response[:cut], label, response[cut + len(label) :]], [1.0, weight, 1.0]

@@ -82,8 +82,12 @@ def build_tokenizer(out_dir: Path):
     return tokenizer
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, *, force: bool = False) -> Path:
-    """Write the tiny model to ``out_dir`` (skipped when an identical build is already there)."""
+def build_tiny_model(out_dir: str | Path, seed: int = 0, *, width: int = HIDDEN, force: bool = False) -> Path:
+    """Write the tiny model to ``out_dir`` (skipped when an identical build is already there).
+
+    ``width`` is the hidden size of both the audio encoder and the language model (heads of 16, feed-forward
+    twice as wide); the warm base is built wider than the unit tests' model (:mod:`safe_qaq.toy.warm_start`).
+    """
     import torch
     from transformers import (
         GenerationConfig,
@@ -94,7 +98,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, *, force: bool = False)
     )
 
     out_dir = Path(out_dir)
-    recipe = {"seed": seed, "vocab_size": VOCAB_SIZE, "hidden": HIDDEN, "version": 1}
+    recipe = {"seed": seed, "vocab_size": VOCAB_SIZE, "hidden": width, "version": 1}
+    heads = max(2, width // 16)
     marker = out_dir / MARKER
     if not force and marker.exists() and json.loads(marker.read_text()) == recipe:
         return out_dir
@@ -113,19 +118,19 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, *, force: bool = False)
             "model_type": "qwen2_audio_encoder",
             "num_mel_bins": 128,
             "encoder_layers": 2,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "d_model": HIDDEN,
+            "encoder_attention_heads": heads,
+            "encoder_ffn_dim": 2 * width,
+            "d_model": width,
             "max_source_positions": 1500,
         },
         text_config={
             "model_type": "qwen2",
             "vocab_size": len(tokenizer),
-            "hidden_size": HIDDEN,
-            "intermediate_size": 64,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // 2,
             "max_position_embeddings": 32768,
             "rope_theta": 10000.0,
             "tie_word_embeddings": False,
