@@ -65,7 +65,7 @@ SETTINGS: dict = {
     # 8 rows a step: half the cost of 16 and, measured, at least as much learnt per step
     "batch_size": 4,
     "grad_acc": 2,
-    "null_early": 0.3,  # share of early-prefix real-time targets that answer null (0.5 broke the format)
+    "null_early": 0.45,  # share of early-prefix real-time targets that answer null
     # The random audio encoder keeps each cue's frequency band apart; the projector and the language model learn to
     # read it. Training the encoder as well costs 40 % of a step (the backward of its attention over 1,500 frames).
     "train_audio_tower": False,
