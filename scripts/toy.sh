@@ -3,8 +3,9 @@
 # (PROFILE=toy) on the toy calls, each stage's model is measured on held-out calls, and the paper's claims are
 # checked (safe_qaq/toy/measure.py). Writes outputs/toy/report.{json,md} and the curves.
 # A toy to verify the training machinery, not a fraud detector.
-# Overridable: any recipe setting (recipes/toy.yaml), STAGE1_STEPS, LCRL_STEPS, STAGE3_STEPS, STAGE3_LR, RSFT_EPOCHS, LIVE_CALLS, MEASURE_LIMIT,
-# FRESH_SEED (also measure every stage on a fresh set of FRESH_CALLS calls from that seed: outputs/toy/fresh_seed*).
+# Overridable: any recipe setting (recipes/toy.yaml), STAGE1_STEPS, LCRL_STEPS, STAGE3_STEPS, STAGE3_LR, RSFT_EPOCHS,
+# LIVE_CALLS, MEASURE_LIMIT, FRESH_SEED (also measure every stage on a fresh set of FRESH_CALLS calls from that
+# seed: outputs/toy/fresh_seed*).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -208,7 +208,7 @@ def accuracy_trend(model: Path, rows: Path, out: Path, *, broken: bool) -> tuple
 
 
 @pytest.mark.long  # a GRPO run of 10 steps, ~30 s (run it twice to see the broken variant fail)
-def test_grpo_steps_raise_the_accuracy_reward(warm_model, tmp_path):
+def test_grpo_steps_do_not_lower_the_accuracy_reward(warm_model, tmp_path):
     broken = os.environ.get("SAFE_QAQ_BROKEN_REWARD") == "1"
     accuracy, first, last = accuracy_trend(warm_model, learning_rows(tmp_path), tmp_path / "grpo", broken=broken)
     print(f"{'broken' if broken else 'correct'} variant: accuracy reward by step {[round(a, 2) for a in accuracy]}; "

@@ -185,6 +185,10 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
     from safe_qaq.toy.loss_scale import LABEL_WEIGHT, REASON_WEIGHT, reason_segments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     rng = random.Random(0)
     for task, labels in prompt.TASK_LABELS.items():
         for label in labels:
@@ -192,10 +196,6 @@ def test_reason_weighting_keeps_the_tokens_inference_sees(tiny_model):
                 answer = toy_data.varied_answer({"task": task, "answers": label, **extra}, rng, null_early=0.5)
                 segments, weights = reason_segments(answer)
                 assert "".join(segments) == answer and weights == [1.0, REASON_WEIGHT, 1.0]
-
-                def ids(text):
-                    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
                 assert ids(answer) == [i for s in segments for i in ids(s)], answer
     assert reason_segments("no think here") == (["no think here"], [1.0])
     # a direct answer (no think): its label alone is weighted, again cut where the tokenizer cuts

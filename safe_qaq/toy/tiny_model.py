@@ -85,8 +85,8 @@ def build_tokenizer(out_dir: Path):
 def build_tiny_model(out_dir: str | Path, seed: int = 0, *, width: int = HIDDEN, force: bool = False) -> Path:
     """Write the tiny model to ``out_dir`` (skipped when an identical build is already there).
 
-    ``width`` is the hidden size of both the audio encoder and the language model (heads of 16, feed-forward
-    twice as wide); the warm base is built wider than the unit tests' model (:mod:`safe_qaq.toy.warm_start`).
+    ``width`` is the hidden size of both the audio encoder and the language model (heads of 16, at least two;
+    feed-forward twice as wide). The warm base takes it from its settings (:mod:`safe_qaq.toy.warm_start`).
     """
     import torch
     from transformers import (
