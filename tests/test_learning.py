@@ -214,8 +214,8 @@ def test_grpo_steps_do_not_lower_the_accuracy_reward(warm_model, tmp_path):
     print(f"{'broken' if broken else 'correct'} variant: accuracy reward by step {[round(a, 2) for a in accuracy]}; "
           f"first third {first:.2f}, last third {last:.2f}")  # fmt: skip
     assert len(accuracy) == LEARN_STEPS
-    # Measured on the shipped base (8 Dec), first third -> last third: correct 3.23 -> 3.51, negated 2.71 -> 0.57. A
-    # third's mean carries about +-0.25 of sampling noise and the base already gets most of these rows right, so
-    # the correct variant's rise is within the noise: the test asks that the reward does not fall, which the
-    # negated reward does by two points.
+    # Measured on the shipped base (8 Dec), first third -> last third: correct 3.02 -> 4.01, negated 3.02 -> 0.39
+    # (the base before it: 3.23 -> 3.51 and 2.71 -> 0.57). A third's mean carries about +-0.25 of sampling noise and
+    # a correct rise can be small, so the test asks that the reward does not fall, which the negated reward does by
+    # two points or more.
     assert last > first - 0.5, (first, last)

@@ -287,6 +287,19 @@ def test_the_shipped_warm_base_is_built_by_todays_code():
     assert sum(p.stat().st_size for p in warm_start.SHIPPED.iterdir()) < 2 * 1024 * 1024
 
 
+def test_the_shipped_warm_base_never_saw_a_demo_test_call():
+    """The base's format phase reads the bundled calls' train split only: `make demo` tests on calls it never heard."""
+    from safe_qaq.calls import load_calls
+    from safe_qaq.prepare.options import Options
+    from safe_qaq.prepare.rows import split_calls
+
+    info = json.loads((warm_start.SHIPPED / warm_start.BUILD_INFO).read_text(encoding="utf-8"))
+    seen = set(info["bundled_calls_seen"])
+    defaults = Options()
+    split = split_calls(load_calls(warm_start.BUNDLED_CALLS), defaults.test_fraction, defaults.seed)
+    assert seen and split["test"]
+    assert seen <= set(split["train"]) and not seen & set(split["test"]), seen & set(split["test"])
+
 def test_the_build_check_notices_code_and_settings_changes(tmp_path):
     root = tmp_path / "root"
     for name in (*warm_start.CODE_FILES, *warm_start.DATA_FILES):

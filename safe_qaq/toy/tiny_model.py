@@ -51,7 +51,13 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(out_dir: Path):
+def build_tokenizer(
+    out_dir: Path, special_tokens: tuple[str, ...] = SPECIAL_TOKENS, named_tokens: dict[str, str] | None = None
+):
+    """A byte-level BPE tokenizer trained on :func:`_corpus`, with the family's special tokens (every tiny build's).
+
+    ``named_tokens``: special tokens a processor reads as tokenizer attributes (``audio_token`` ...), as the
+    family's real tokenizer names them."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
@@ -59,7 +65,7 @@ def build_tokenizer(out_dir: Path):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS),
+        vocab_size=VOCAB_SIZE - len(special_tokens),
         min_frequency=2,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -71,9 +77,9 @@ def build_tokenizer(out_dir: Path):
         eos_token="<|endoftext|>",
         unk_token=None,
         pad_token="<|endoftext|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        additional_special_tokens=list(special_tokens[1:]),
+        **({"extra_special_tokens": dict(named_tokens)} if named_tokens else {}),
     )
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
     tokenizer.add_tokens(list(TAG_TOKENS))
     tokenizer.model_max_length = 32768
     tokenizer.save_pretrained(out_dir)

@@ -26,6 +26,9 @@ import json
 import sys
 from pathlib import Path
 
+from safe_qaq.toy.tiny_model import VOCAB_SIZE
+from safe_qaq.toy.tiny_model import build_tokenizer as _build_tokenizer
+
 # Named as in Qwen2.5-Omni-7B's tokenizer; the processor reads the second column as tokenizer attributes.
 NAMED_TOKENS = {
     "audio_token": "<|AUDIO|>",
@@ -38,8 +41,6 @@ NAMED_TOKENS = {
 }
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *NAMED_TOKENS.values())
 SUPPRESSED_TOKENS = ("<|im_start|>", *NAMED_TOKENS.values())
-TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
-VOCAB_SIZE = 1024
 HIDDEN = 32
 HEAD_DIM = 16  # 2 heads of 16: the three M-RoPE sections (time, height, width) must add up to HEAD_DIM / 2
 MARKER = "safe_qaq_tiny.json"
@@ -54,35 +55,8 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(out_dir: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
-
-    from safe_qaq.toy.tiny_model import _corpus  # the project's prompts, labels and answer shapes
-
-    bpe = Tokenizer(models.BPE(unk_token=None, fuse_unk=False))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS),
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=None,
-        eos_token="<|endoftext|>",
-        unk_token=None,
-        pad_token="<|endoftext|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        extra_special_tokens=dict(NAMED_TOKENS),
-    )
-    tokenizer.add_tokens(list(TAG_TOKENS))
-    tokenizer.model_max_length = 32768
-    tokenizer.save_pretrained(out_dir)
-    bpe.model.save(str(out_dir))  # vocab.json + merges.txt, which transformers 4.x rebuilds Qwen2 tokenizers from
-    return tokenizer
+    """The tiny build's tokenizer (one builder for every tiny build), with Qwen2.5-Omni's special tokens."""
+    return _build_tokenizer(out_dir, SPECIAL_TOKENS, NAMED_TOKENS)
 
 
 def build_tiny_omni(out_dir: str | Path, seed: int = 0, *, force: bool = False) -> Path:

@@ -16,7 +16,10 @@ drawing as many rows of each task:
    the format long before it learns to listen (issue 16: the previous base stayed at chance);
 2. *format*: the offline and real-time think formats, with think texts of varied length (so the
    length rewards have something to act on) and ``null`` on some early prefixes, mixed with direct
-   rows so the labels are not forgotten.  The conclusion sentence is weighted x3.
+   rows so the labels are not forgotten.  The conclusion sentence is weighted x3;
+3. *bundled calls*: the think formats on the bundled sample calls' train split (``data/calls``, split as
+   ``make demo`` splits it), half the rows, beside toy think rows, so the demo's calls get answers in format
+   (without it: none, at any temperature).
 
 The encoder stays random and frozen: its features keep each cue's frequency band apart, the
 projector and the language model learn to read them, and its backward would cost 40 % of a step.
@@ -66,6 +69,12 @@ SETTINGS: dict = {
     "batch_size": 4,
     "grad_acc": 2,
     "null_early": 0.45,  # share of early-prefix real-time targets that answer null
+    # Phase 3, after the other two: the bundled sample calls' train split (data/calls, split as `make demo` splits
+    # them; their test calls never), half the rows, beside toy think rows. Without it the base, which had heard only
+    # toy calls, wrote no valid answer on a bundled call at any temperature, and the demo's stage 1 could not learn.
+    # After the other phases, not mixed into them: mixed in, they changed the whole run and the toy's RL lost its room.
+    "bundled_steps": 10,
+    "bundled_share": 0.5,
     # The random audio encoder keeps each cue's frequency band apart; the projector and the language model learn to
     # read it. Training the encoder as well costs 40 % of a step (the backward of its attention over 1,500 frames).
     "train_audio_tower": False,
@@ -80,7 +89,9 @@ CODE_FILES = (
     "prompt.py",
 )
 #: Data files the build reads (hashed byte for byte).
-DATA_FILES = ("data/toy_phrases/index.json",)
+DATA_FILES = ("data/toy_phrases/index.json", "data/calls/metadata.jsonl")
+#: The bundled sample calls: their train split is the third phase (SETTINGS["bundled_steps"]).
+BUNDLED_CALLS = ROOT / "data" / "calls" / "metadata.jsonl"
 #: Model files copied into the shipped folder (no optimizer or trainer state).
 MODEL_FILES = (
     "config.json",
@@ -145,8 +156,11 @@ def direct_row(row: dict) -> dict:
     return {**row, "messages": messages}
 
 
-def curriculum(prepared: Path, settings: dict) -> list[dict]:
-    """The fine-tune's rows in training order: the hear phase's direct rows, then the format phase's mix."""
+def curriculum(prepared: Path, settings: dict, bundled: Path | None = None) -> list[dict]:
+    """The fine-tune's rows in training order: the hear phase's direct rows, then the format phase's mix.
+
+    ``bundled``: the bundled calls prepared as the demo prepares them; their train rows make ``bundled_share`` of a
+    third phase's rows (``bundled_steps``), after the other two."""
     from safe_qaq.jsonl import read_jsonl
     from safe_qaq.toy import data as toy_data
 
@@ -181,7 +195,17 @@ def curriculum(prepared: Path, settings: dict) -> list[dict]:
                                seed=settings["seed"], null_early=settings["null_early"])  # fmt: skip
     fmt = draw(think, n_format - n_direct) + draw(direct, n_direct)
     rng.shuffle(fmt)
-    return hear + fmt
+    tail: list[dict] = []
+    if bundled is not None and settings["bundled_steps"]:
+        b_offline = read_jsonl(bundled / "sft_train.jsonl")
+        b_realtime = read_jsonl(bundled / "sft_realtime_train.jsonl")
+        b_think = toy_data.warm_rows(b_offline + rng.sample(b_realtime, min(len(b_realtime), len(b_offline))),
+                                     seed=settings["seed"], null_early=settings["null_early"])  # fmt: skip
+        n_tail = settings["bundled_steps"] * per_step
+        n_bundled = round(n_tail * settings["bundled_share"])
+        tail = draw(b_think, n_bundled) + draw(think, n_tail - n_bundled)
+        rng.shuffle(tail)
+    return hear + fmt + tail
 
 
 def sft(swift: str, model: Path, data: Path, run: Path, settings: dict, steps: int) -> Path:
@@ -253,12 +277,25 @@ def build(out: Path, work: Path, swift: str, settings: dict | None = None) -> Pa
         )  # fmt: skip
     if code != 0:
         raise SystemExit(f"preparing the warm-up calls failed (exit {code}); see {prepare_log}")
-    rows = curriculum(prepared, settings)
+    bundled = None
+    if settings["bundled_steps"]:
+        # The same split `make demo` makes (prepare's defaults): only its train calls are read below.
+        bundled = work / "prepared_bundled"
+        with open(prepare_log, "a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+            code = prepare.main(
+                ["--input", str(BUNDLED_CALLS), "--out", str(bundled), "--early-sft-answer", "gold",
+                 "--no-progress", "--workers", "1"]
+            )  # fmt: skip
+        if code != 0:
+            raise SystemExit(f"preparing the bundled calls failed (exit {code}); see {prepare_log}")
+    rows = curriculum(prepared, settings, bundled)
+    bundled_ids = {row["call_id"] for row in read_jsonl(bundled / "sft_train.jsonl")} if bundled else set()
     text = "".join(dumps(row) for row in rows)
     data = work / "warm.jsonl"
     data.write_text(text, encoding="utf-8")
-    steps = settings["hear_steps"] + settings["format_steps"]
-    print(f"warm start: {len(rows)} rows, {settings['hear_steps']} hear + {settings['format_steps']} format steps")
+    steps = settings["hear_steps"] + settings["format_steps"] + settings["bundled_steps"]
+    print(f"warm start: {len(rows)} rows, {settings['hear_steps']} hear + {settings['format_steps']} format + "
+          f"{settings['bundled_steps']} bundled-call steps")  # fmt: skip
     run = work / "run"
     checkpoint = sft(swift, base, data, run, settings, steps)
     losses = [r["loss"] for r in read_jsonl(run / "logging.jsonl") if "loss" in r]
@@ -268,6 +305,8 @@ def build(out: Path, work: Path, swift: str, settings: dict | None = None) -> Pa
         "settings": settings,
         "code_files": list(CODE_FILES) + list(DATA_FILES),
         "rows_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+        # what the base was trained on besides the warm-up calls (a test checks none is a demo test call)
+        "bundled_calls_seen": sorted(bundled_ids & {row["call_id"] for row in rows}),
         "loss_every_10_steps": [round(x, 4) for x in losses],
         "build_seconds": seconds,
         "note": "CPU training is not bit-reproducible across machines: a rebuild differs in the last digits",
