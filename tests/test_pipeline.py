@@ -50,6 +50,12 @@ def test_demo_chain_runs_every_stage(demo_chain, warm_model):
         for name in smoke.rewards(stage.key):
             assert f"rewards/{REWARDS[name].__name__}/mean" in keys, (stage.key, name)
 
+    # stage 1 has something to learn from: the base answers the bundled calls in format (the base shipped before the
+    # bundled-call phase wrote none at any temperature, so every sample scored 0 and the advantage was 0)
+    samples = read_jsonl(out / "stage1_grpo" / "completions.jsonl")
+    scores = [score for record in samples for score in record["PromptFormat"]]
+    assert scores and max(scores) == 1.0, scores
+
     # rejection sampling: two shards, exactly n completions per prompt, then the filter's two files and its numbers
     for shard in (0, 1):
         per_prompt = {}
