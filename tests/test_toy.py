@@ -288,7 +288,8 @@ def test_the_shipped_warm_base_is_built_by_todays_code():
 
 
 def test_the_shipped_warm_base_never_saw_a_demo_test_call():
-    """The base's format phase reads the bundled calls' train split only: `make demo` tests on calls it never heard."""
+    """The base's bundled-call phase reads the bundled calls' train split only: `make demo` tests on calls it never
+    heard."""
     from safe_qaq.calls import load_calls
     from safe_qaq.prepare.options import Options
     from safe_qaq.prepare.rows import split_calls
@@ -299,6 +300,7 @@ def test_the_shipped_warm_base_never_saw_a_demo_test_call():
     split = split_calls(load_calls(warm_start.BUNDLED_CALLS), defaults.test_fraction, defaults.seed)
     assert seen and split["test"]
     assert seen <= set(split["train"]) and not seen & set(split["test"]), seen & set(split["test"])
+
 
 def test_the_build_check_notices_code_and_settings_changes(tmp_path):
     root = tmp_path / "root"

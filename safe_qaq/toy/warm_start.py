@@ -88,10 +88,11 @@ CODE_FILES = (
     "safe_qaq/toy/loss_scale_plugin.py",
     "prompt.py",
 )
-#: Data files the build reads (hashed byte for byte).
-DATA_FILES = ("data/toy_phrases/index.json", "data/calls/metadata.jsonl")
 #: The bundled sample calls: their train split is the third phase (SETTINGS["bundled_steps"]).
-BUNDLED_CALLS = ROOT / "data" / "calls" / "metadata.jsonl"
+BUNDLED_CALLS_FILE = "data/calls/metadata.jsonl"
+BUNDLED_CALLS = ROOT / BUNDLED_CALLS_FILE
+#: Data files the build reads (hashed byte for byte).
+DATA_FILES = ("data/toy_phrases/index.json", BUNDLED_CALLS_FILE)
 #: Model files copied into the shipped folder (no optimizer or trainer state).
 MODEL_FILES = (
     "config.json",
@@ -187,20 +188,20 @@ def curriculum(prepared: Path, settings: dict, bundled: Path | None = None) -> l
         rng.shuffle(out)
         return out
 
+    def think_rows(offline: list[dict], realtime: list[dict]) -> list[dict]:
+        """The think-format rows of a prepared set: as many real-time rows (of several per call) as offline ones."""
+        return toy_data.warm_rows(offline + rng.sample(realtime, min(len(realtime), len(offline))),
+                                  seed=settings["seed"], null_early=settings["null_early"])  # fmt: skip
+
     hear = draw(direct, settings["hear_steps"] * per_step)
     n_format = settings["format_steps"] * per_step
     n_direct = round(n_format * settings["format_direct_share"])
-    # As many real-time rows as offline ones (of several per call): the formats are the point here.
-    think = toy_data.warm_rows(offline + rng.sample(realtime, min(len(realtime), len(offline))),
-                               seed=settings["seed"], null_early=settings["null_early"])  # fmt: skip
+    think = think_rows(offline, realtime)
     fmt = draw(think, n_format - n_direct) + draw(direct, n_direct)
     rng.shuffle(fmt)
     tail: list[dict] = []
     if bundled is not None and settings["bundled_steps"]:
-        b_offline = read_jsonl(bundled / "sft_train.jsonl")
-        b_realtime = read_jsonl(bundled / "sft_realtime_train.jsonl")
-        b_think = toy_data.warm_rows(b_offline + rng.sample(b_realtime, min(len(b_realtime), len(b_offline))),
-                                     seed=settings["seed"], null_early=settings["null_early"])  # fmt: skip
+        b_think = think_rows(read_jsonl(bundled / "sft_train.jsonl"), read_jsonl(bundled / "sft_realtime_train.jsonl"))
         n_tail = settings["bundled_steps"] * per_step
         n_bundled = round(n_tail * settings["bundled_share"])
         tail = draw(b_think, n_bundled) + draw(think, n_tail - n_bundled)
